@@ -1,0 +1,214 @@
+"""
+``locmem://`` — queues in this process's memory, for development and tests.
+
+Every client built from the same DSN in one process shares the same queues, so a
+producer ``Gator`` and a ``Worker`` in one test see each other's tasks. Nothing crosses
+a process boundary or survives a restart. Thread-safe; an idle ``reserve`` waits on a
+condition variable, not a sleep loop.
+
+Delivery: FIFO within a queue; at-least-once within the process (in-flight tasks return
+to the front on ``requeue_inflight`` or when their consumer's lease expires).
+"""
+
+import heapq
+import itertools
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from . import Client as BaseClient
+from . import DeadLetter, Reserved, dsn_options
+
+
+@dataclass
+class _Queue:
+    ready: OrderedDict = field(default_factory=OrderedDict)  # task_id -> data, front first
+    delayed: list = field(default_factory=list)  # heap of (due, seq, task_id)
+    delayed_data: dict = field(default_factory=dict)  # task_id -> data
+    inflight: dict = field(default_factory=dict)  # task_id -> (consumer_id, data)
+    dead: OrderedDict = field(default_factory=OrderedDict)  # task_id -> DeadLetter
+
+
+class _Store:
+    """The queues of one DSN, guarded by one condition."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.queues: dict[str, _Queue] = {}
+        self.lease_ends: dict[str, float] = {}  # consumer_id -> monotonic deadline
+        self.sequence = itertools.count()
+
+    def queue(self, name: str) -> _Queue:
+        if name not in self.queues:
+            self.queues[name] = _Queue()
+        return self.queues[name]
+
+
+_stores: dict[str, _Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store_for(conn_string: str) -> _Store:
+    key = conn_string.split("?", 1)[0]
+    with _stores_lock:
+        if key not in _stores:
+            _stores[key] = _Store()
+        return _stores[key]
+
+
+class Client(BaseClient):
+    """The local-memory backend. DSN: ``locmem://`` (``?lease=SECONDS``, default 60)."""
+
+    def __init__(self, conn_string: str) -> None:
+        super().__init__(conn_string)
+        self.lease = dsn_options(conn_string, {"lease": 60.0})["lease"]
+        self._store = _store_for(conn_string)
+
+    def push(self, queue_name, task_id, data, delay_until=None):
+        store = self._store
+        with store.changed:
+            queue = store.queue(queue_name)
+            if delay_until is not None and delay_until > time.time():
+                heapq.heappush(queue.delayed, (delay_until, next(store.sequence), task_id))
+                queue.delayed_data[task_id] = data
+            else:
+                queue.ready[task_id] = data
+            store.changed.notify_all()
+        return task_id
+
+    def _promote_due(self, queue: _Queue) -> float | None:
+        """Moves due delayed tasks to ready; returns seconds until the next one is due."""
+        now = time.time()
+        while queue.delayed:
+            due, _, task_id = queue.delayed[0]
+            if task_id not in queue.delayed_data:  # canceled or taken by get()
+                heapq.heappop(queue.delayed)
+                continue
+            if due > now:
+                return due - now
+            heapq.heappop(queue.delayed)
+            queue.ready[task_id] = queue.delayed_data.pop(task_id)
+        return None
+
+    def _take(self, queue: _Queue, task_id: str, data: str, consumer_id: str) -> Reserved:
+        queue.inflight[task_id] = (consumer_id, data)
+        self._store.lease_ends[consumer_id] = time.monotonic() + self.lease
+        return Reserved(task_id, data)
+
+    def reserve(self, queue_name, consumer_id, timeout=0.0, poll_interval=0.1):
+        store = self._store
+        deadline = time.monotonic() + timeout
+        with store.changed:
+            queue = store.queue(queue_name)
+            while True:
+                next_due = self._promote_due(queue)
+                if queue.ready:
+                    task_id, data = queue.ready.popitem(last=False)
+                    return self._take(queue, task_id, data, consumer_id)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                store.changed.wait(remaining if next_due is None else min(remaining, next_due))
+
+    def ack(self, queue_name, task_id, consumer_id):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            if queue.inflight.get(task_id, (None,))[0] == consumer_id:
+                del queue.inflight[task_id]
+
+    def retry(self, queue_name, task_id, consumer_id, data, delay_until=None):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            if queue.inflight.get(task_id, (None,))[0] == consumer_id:
+                del queue.inflight[task_id]
+        return self.push(queue_name, task_id, data, delay_until)
+
+    def _requeue_front(self, queue: _Queue, task_ids: list[str]) -> int:
+        # Reversed, so that the oldest in-flight task ends up first.
+        for task_id in reversed(task_ids):
+            _, data = queue.inflight.pop(task_id)
+            queue.ready[task_id] = data
+            queue.ready.move_to_end(task_id, last=False)
+        if task_ids:
+            self._store.changed.notify_all()
+        return len(task_ids)
+
+    def requeue_inflight(self, queue_name, consumer_id):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            held = [tid for tid, (owner, _) in queue.inflight.items() if owner == consumer_id]
+            return self._requeue_front(queue, held)
+
+    def keepalive(self, queue_name, consumer_id):
+        with self._store.changed:
+            self._store.lease_ends[consumer_id] = time.monotonic() + self.lease
+
+    def requeue_expired(self, queue_name):
+        store = self._store
+        with store.changed:
+            now = time.monotonic()
+            queue = store.queue(queue_name)
+            expired = [
+                tid
+                for tid, (owner, _) in queue.inflight.items()
+                if store.lease_ends.get(owner, 0.0) < now
+            ]
+            return self._requeue_front(queue, expired)
+
+    def _remove_waiting(self, queue: _Queue, task_id: str) -> str | None:
+        if task_id in queue.ready:
+            return queue.ready.pop(task_id)
+        return queue.delayed_data.pop(task_id, None)
+
+    def get(self, queue_name, task_id, consumer_id):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            data = self._remove_waiting(queue, task_id)
+            return None if data is None else self._take(queue, task_id, data, consumer_id)
+
+    def cancel(self, queue_name, task_id):
+        with self._store.changed:
+            return self._remove_waiting(self._store.queue(queue_name), task_id)
+
+    def len(self, queue_name):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            return len(queue.ready) + len(queue.delayed_data)
+
+    def drop_all(self, queue_name):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            queue.ready.clear()
+            queue.delayed.clear()
+            queue.delayed_data.clear()
+
+    def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            if consumer_id is not None and queue.inflight.get(task_id, (None,))[0] == consumer_id:
+                del queue.inflight[task_id]
+            queue.dead[task_id] = DeadLetter(task_id, data, error, time.time())
+
+    def list_dead_letters(self, queue_name):
+        with self._store.changed:
+            return list(self._store.queue(queue_name).dead.values())
+
+    def requeue_dead_letters(self, queue_name, task_ids=None):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            chosen = (
+                list(queue.dead) if task_ids is None else [t for t in task_ids if t in queue.dead]
+            )
+            for task_id in chosen:
+                queue.ready[task_id] = queue.dead.pop(task_id).data
+            if chosen:
+                self._store.changed.notify_all()
+            return len(chosen)
+
+    def purge_dead_letters(self, queue_name):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            count = len(queue.dead)
+            queue.dead.clear()
+            return count

@@ -1,0 +1,43 @@
+"""Every error Alligator raises on purpose is an :class:`AlligatorException`."""
+
+
+class AlligatorException(Exception):
+    """A base exception for all Alligator errors."""
+
+
+class TaskFailed(AlligatorException):
+    """Raised when a task fails."""
+
+
+class UnknownCallableError(AlligatorException):
+    """Thrown when trying to import an unknown attribute from a module for a task."""
+
+
+class UnknownModuleError(AlligatorException):
+    """Thrown when trying to import an unknown module for a task."""
+
+
+class NotImportableError(AlligatorException):
+    """A callable given as a task or hook cannot be imported by a worker.
+
+    Lambdas, methods and nested functions have no dotted path a worker could import.
+    """
+
+
+class InvalidTaskError(AlligatorException):
+    """A task's options or stored payload are not valid (e.g. a naive datetime, bad JSON)."""
+
+
+class InvalidDSNError(AlligatorException):
+    """A DSN is malformed, or names a scheme no backend handles."""
+
+
+class BackendError(AlligatorException):
+    """The queue backend could not be reached or refused an operation.
+
+    The original exception is attached as ``__cause__``.
+    """
+
+
+class TaskNotFound(AlligatorException):
+    """No queued task has the given id (it may have run, or been canceled)."""

@@ -1,0 +1,395 @@
+"""Gator and Options: the API producers and consumers share."""
+
+import os
+import socket
+import traceback
+import uuid
+from typing import Any
+
+from .backends import Client, DeadLetter, Reserved, client_class
+from .constants import ALL
+from .exceptions import AlligatorException, InvalidTaskError, TaskNotFound
+from .tasks import Task
+
+
+def new_consumer_id() -> str:
+    """
+    Returns an id for a consumer that is unique across hosts and processes.
+
+    Ex::
+
+        new_consumer_id()  # 'web-1:4242:9f8e7d6c'
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Gator:
+    """
+    The entry point: puts tasks on a queue, and takes them off to run them.
+
+    Ex::
+
+        gator = Gator('sqlite:///queue.db')
+        gator.task(send_email, user_id=42)
+
+    :param conn_string: A DSN naming the backend, e.g. ``'redis://localhost:6379/0'``
+    :param queue_name: The queue this gator pushes to and pops from
+    :param task_class: The ``Task`` class to build tasks with
+    :param backend_class: A ``Client`` class to use instead of the one the DSN's scheme names
+    """
+
+    def __init__(
+        self,
+        conn_string: str,
+        queue_name: str = ALL,
+        task_class: type[Task] = Task,
+        backend_class: type[Client] | None = None,
+    ) -> None:
+        self.conn_string = conn_string
+        self.queue_name = queue_name
+        self.task_class = task_class
+        self.backend_class = backend_class
+        self.backend = self.build_backend(conn_string)
+        # Tasks popped by this gator itself (pop/get) are held in flight under this id.
+        self.consumer_id = new_consumer_id()
+
+    def build_backend(self, conn_string: str) -> Client:
+        """
+        Given a DSN, returns an instantiated backend class.
+
+        Ex::
+
+            backend = gator.build_backend('locmem://')
+            # ...or...
+            backend = gator.build_backend('redis://127.0.0.1:6379/0')
+
+        :param conn_string: A DSN for connecting to the queue. Passed along to the backend.
+        :returns: A backend ``Client`` instance
+        """
+        backend_class = self.backend_class or client_class(conn_string)
+        return backend_class(conn_string)
+
+    def len(self) -> int:
+        """
+        Returns the number of remaining queued tasks (ready or delayed).
+
+        Ex::
+
+            gator.len()
+
+        :returns: An integer count
+        """
+        return self.backend.len(self.queue_name)
+
+    def push(self, task: Task, func: Any, *args: Any, **kwargs: Any) -> Task:
+        """
+        Pushes a configured task onto the queue.
+
+        Typically, you'll favor using the ``Gator.task`` method or ``Gator.options`` context
+        manager for creating a task. Call this only if you have specific needs or know what
+        you're doing.
+
+        If the ``Task`` has the ``is_async=False`` option, the task will be run immediately
+        (in-process). This is useful for development and in testing.
+
+        Ex::
+
+            task = Task(is_async=False, retries=3)
+            finished = gator.push(task, increment, incr_by=2)
+
+        :param task: A mostly-configured task
+        :param func: The callable with business logic to execute
+        :param args: Positional arguments to pass to the callable task
+        :param kwargs: Keyword arguments to pass to the callable task
+        :returns: The ``Task`` instance
+        """
+        task.to_call(func, *args, **kwargs)
+        if not task.is_async:
+            return self.execute(task)
+        task.task_id = self.backend.push(
+            self.queue_name, task.task_id, task.serialize(), task.delay_until
+        )
+        return task
+
+    def task(self, func: Any, *args: Any, **kwargs: Any) -> Task:
+        """
+        Pushes a task onto the queue.
+
+        This will instantiate a ``Gator.task_class`` instance, configure the callable & its
+        arguments, then push it onto the queue.
+
+        You'll typically want to use either this method or the ``Gator.options`` context
+        manager (if you need to configure the ``Task`` arguments, such as ``retries``,
+        ``is_async``, ``task_id``, etc.)
+
+        Ex::
+
+            on_queue = gator.task(increment, incr_by=2)
+
+        :param func: The callable with business logic to execute
+        :param args: Positional arguments to pass to the callable task
+        :param kwargs: Keyword arguments to pass to the callable task
+        :returns: The ``Task`` instance
+        """
+        return self.push(self.task_class(), func, *args, **kwargs)
+
+    def options(self, **kwargs: Any) -> "Options":
+        """
+        Allows specifying advanced ``Task`` options to control how the task runs.
+
+        This returns a context manager which will create ``Task`` instances with the
+        supplied options. See ``Task.__init__`` for the available arguments.
+
+        Ex::
+
+            def party_time(task, result):
+                # Throw a party in honor of this task completing.
+                # ...
+
+            with gator.options(retries=2, on_success=party_time) as opts:
+                opts.task(increment, incr_by=2678)
+
+        :param kwargs: Keyword arguments to control the task execution
+        :returns: An ``Options`` context manager instance
+        """
+        return Options(self, **kwargs)
+
+    def execute(self, task: Task) -> Task:
+        """
+        Given a task instance, this runs it.
+
+        This includes handling retries & re-raising exceptions. A failure with retries left
+        runs a synchronous task again at once, and puts an async task back on its queue
+        with one fewer retry (status "retrying"). The last failure of an async task puts it
+        in the queue's dead-letter store with its error text, then re-raises.
+
+        Ex::
+
+            task = Task(is_async=False, retries=5)
+            task.to_call(add, 101, 35)
+            finished_task = gator.execute(task)
+
+        :param task: The task to run
+        :returns: The completed ``Task`` instance
+        """
+        while True:
+            try:
+                task.run()
+            except Exception as exc:
+                if task.retries > 0:
+                    task.retries -= 1
+                    if not task.is_async:
+                        continue
+                    self._retry_later(task)
+                    return task
+                if task.is_async:
+                    self._bury(task, task.serialize(), exc)
+                raise
+            if task.reserved_by is not None:
+                self.backend.ack(self.queue_name, task.task_id, task.reserved_by)
+                task.reserved_by = None
+            return task
+
+    def _retry_later(self, task: Task) -> None:
+        data = task.serialize()
+        if task.reserved_by is None:
+            task.task_id = self.backend.push(self.queue_name, task.task_id, data)
+        else:
+            task.task_id = self.backend.retry(
+                self.queue_name, task.task_id, task.reserved_by, data
+            )
+            task.reserved_by = None
+
+    def _bury(self, task: Task, data: str, exc: BaseException) -> None:
+        error = "".join(traceback.format_exception(exc)).strip()
+        self.backend.add_dead_letter(
+            self.queue_name, task.task_id, data, error, consumer_id=task.reserved_by
+        )
+        task.reserved_by = None
+
+    def reserve(
+        self, consumer_id: str, timeout: float = 0.0, poll_interval: float = 0.1
+    ) -> Task | None:
+        """
+        Takes the next task off the queue, held in flight for ``consumer_id``, without
+        running it. Pass it to ``Gator.execute``, which acks it once it finished.
+
+        A payload that cannot be decoded or imported goes to the dead-letter store, and its
+        error is raised.
+
+        Ex::
+
+            task = gator.reserve(consumer_id, timeout=1.0)
+            if task is not None:
+                gator.execute(task)
+
+        :param consumer_id: Who holds the task (see ``new_consumer_id``)
+        :param timeout: Seconds to wait for a task to arrive
+        :param poll_interval: Longest pause between looks, for backends that must poll
+        :returns: The reserved ``Task``, or ``None`` if the queue stayed empty
+        """
+        reserved = self.backend.reserve(self.queue_name, consumer_id, timeout, poll_interval)
+        return None if reserved is None else self._decode(reserved, consumer_id)
+
+    def _decode(self, reserved: Reserved, consumer_id: str) -> Task:
+        try:
+            task = self.task_class.deserialize(reserved.data)
+        except AlligatorException as exc:
+            self.backend.add_dead_letter(
+                self.queue_name, reserved.task_id, reserved.data, str(exc), consumer_id
+            )
+            raise InvalidTaskError(
+                f"Task {reserved.task_id} in queue {self.queue_name!r} cannot be run and was "
+                f"moved to the dead-letter store: {exc}"
+            ) from exc
+        task.task_id = reserved.task_id
+        task.reserved_by = consumer_id
+        return task
+
+    def pop(self) -> Task | None:
+        """
+        Pops a task off the front of the queue & runs it.
+
+        Typically, you'll favor using a ``Worker`` to handle processing the queue (to
+        constantly consume). However, if you need to custom-process the queue in-order,
+        this method is useful.
+
+        Ex::
+
+            # Tasks were previously added, maybe by a different process or
+            # machine...
+            finished_topmost_task = gator.pop()
+
+        :returns: The completed ``Task`` instance, or ``None`` if the queue is empty
+        """
+        task = self.reserve(self.consumer_id)
+        return None if task is None else self.execute(task)
+
+    def get(self, task_id: str) -> Task:
+        """
+        Gets a specific task, by ``task_id`` off the queue & runs it.
+
+        Using this is not as performant (because it has to search the queue), but can be
+        useful if you need to specifically handle a task *right now*.
+
+        Ex::
+
+            # Tasks were previously added, maybe by a different process or
+            # machine...
+            finished_task = gator.get('a-specific-uuid-here')
+
+        :param task_id: The identifier of the task to process
+        :returns: The completed ``Task`` instance
+        """
+        reserved = self.backend.get(self.queue_name, task_id, self.consumer_id)
+        if reserved is None:
+            raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
+        return self.execute(self._decode(reserved, self.consumer_id))
+
+    def cancel(self, task_id: str) -> Task:
+        """
+        Takes an existing task & cancels it before it is processed.
+
+        Returns the canceled task, as that could be useful in creating a new task.
+
+        Ex::
+
+            task = gator.task(add, 18, 9)
+
+            # Whoops, didn't mean to do that.
+            gator.cancel(task.task_id)
+
+        :param task_id: The identifier of the task to cancel
+        :returns: The canceled ``Task`` instance
+        """
+        data = self.backend.cancel(self.queue_name, task_id)
+        if data is None:
+            raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
+        task = self.task_class.deserialize(data)
+        task.task_id = task_id
+        task.to_canceled()
+        return task
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """
+        Lists the tasks of this queue that failed for good, oldest first.
+
+        Ex::
+
+            for dead in gator.dead_letters():
+                print(dead.task_id, dead.error)
+
+        :returns: A list of ``DeadLetter`` (``task_id``, ``data``, ``error``, ``failed_at``)
+        """
+        return self.backend.list_dead_letters(self.queue_name)
+
+    def requeue_dead_letters(self, task_ids: list[str] | None = None) -> int:
+        """
+        Puts dead letters (all, or those named) back on the queue to run again.
+
+        Ex::
+
+            gator.requeue_dead_letters()
+
+        :param task_ids: The ids to requeue; all when omitted
+        :returns: How many tasks were requeued
+        """
+        return self.backend.requeue_dead_letters(self.queue_name, task_ids)
+
+    def purge_dead_letters(self) -> int:
+        """
+        Deletes this queue's dead letters for good.
+
+        Ex::
+
+            gator.purge_dead_letters()
+
+        :returns: How many were deleted
+        """
+        return self.backend.purge_dead_letters(self.queue_name)
+
+
+class Options:
+    """
+    A context manager that builds tasks with the same options.
+
+    Ex::
+
+        with gator.options(retries=3, **{"async": False}) as opts:
+            opts.task(send_email, user_id=42)
+
+    :param gator: The ``Gator`` to push to
+    :param kwargs: ``Task`` options (see ``Task.__init__``)
+    """
+
+    def __init__(self, gator: Gator, **kwargs: Any) -> None:
+        self.gator = gator
+        self.task_kwargs = kwargs
+        gator.task_class(**kwargs)  # refuse bad options here, not at the first task
+
+    def __enter__(self) -> "Options":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    def task(self, func: Any, *args: Any, **kwargs: Any) -> Task:
+        """
+        Pushes a task onto the queue (with the specified options).
+
+        This will instantiate a ``Gator.task_class`` instance, configure the task execution
+        options, configure the callable & its arguments, then push it onto the queue.
+
+        You'll typically call this method when specifying advanced options.
+
+        Ex::
+
+            with gator.options(retries=2) as opts:
+                opts.task(increment, incr_by=2)
+
+        :param func: The callable with business logic to execute
+        :param args: Positional arguments to pass to the callable task
+        :param kwargs: Keyword arguments to pass to the callable task
+        :returns: The ``Task`` instance
+        """
+        return self.gator.push(self.gator.task_class(**self.task_kwargs), func, *args, **kwargs)

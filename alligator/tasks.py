@@ -1,0 +1,287 @@
+"""Task: what to call, how to run it (options, hooks) and how it travels (JSON)."""
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .constants import CANCELED, DELAYED, FAILED, RETRYING, SUCCESS, WAITING
+from .exceptions import InvalidTaskError
+from .utils import dotted_path, resolve_path
+
+HOOKS = ("on_start", "on_success", "on_error")
+
+
+class Task:
+    """
+    A unit of work: a plain importable function, its arguments and its execution options.
+
+    Ex::
+
+        task = Task(retries=3, on_error="myapp.alerts.page_someone")
+        task.to_call(send_email, user_id=42)
+
+    :param task_id: A unique id; a random UUID string when omitted
+    :param retries: How many times a failed run is tried again
+    :param is_async: ``False`` runs the task at once, in-process, instead of queueing it.
+        ``async`` (a keyword since Python 3.7) is accepted too, as ``**{"async": False}``
+    :param on_start: Hook called as ``on_start(task)`` before each attempt
+    :param on_success: Hook called as ``on_success(task, result)`` after a success
+    :param on_error: Hook called as ``on_error(task, exc)`` after the last failed attempt
+    :param depends_on: Task ids (or tasks) this task depends on; stored with the task
+    :param delay_by: Seconds to wait before the task may run
+    :param delay_until: Earliest time to run, as epoch seconds or an aware ``datetime``
+
+    Hooks are importable functions (or their ``"module.name"`` paths): they are stored by
+    path, so they fire in whichever process runs the task.
+    """
+
+    def __init__(
+        self,
+        task_id: str | None = None,
+        retries: int = 0,
+        is_async: bool = True,
+        on_start: Callable | str | None = None,
+        on_success: Callable | str | None = None,
+        on_error: Callable | str | None = None,
+        depends_on: Any = None,
+        delay_by: float | None = None,
+        delay_until: float | datetime | None = None,
+        **legacy: Any,
+    ) -> None:
+        if "async" in legacy:
+            is_async = legacy.pop("async")
+        if legacy:
+            raise TypeError(f"Unknown task option(s): {', '.join(sorted(legacy))}.")
+        if task_id is not None and not isinstance(task_id, str):
+            raise InvalidTaskError(f"task_id must be a string, not {task_id!r}.")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidTaskError(f"retries must be a whole number >= 0, not {retries!r}.")
+        self.task_id = task_id or str(uuid.uuid4())
+        self.retries = retries
+        self.is_async = bool(is_async)
+        self.on_start = on_start
+        self.on_success = on_success
+        self.on_error = on_error
+        self.depends_on = _task_ids(depends_on)
+        self.delay_until = _due_time(delay_by, delay_until)
+        self.status = DELAYED if self.delay_until is not None else WAITING
+        self.result: Any = None
+        self.func: Callable | None = None
+        self.func_args: list = []
+        self.func_kwargs: dict = {}
+        # The consumer holding this task in flight, when it came off a queue.
+        self.reserved_by: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.task_id} {self.func_path or '(no callable)'}>"
+
+    @property
+    def func_path(self) -> str | None:
+        """The ``module.name`` of the callable, or ``None`` before ``to_call``."""
+        if self.func is None:
+            return None
+        return f"{self.func.__module__}.{self.func.__name__}"
+
+    def to_call(self, func: Callable, *args: Any, **kwargs: Any) -> None:
+        """
+        Sets the function & its arguments to be called when the task is processed.
+
+        Ex::
+
+            task.to_call(my_function, 1, 'c', another=True)
+
+        :param func: The callable with business logic to execute
+        :param args: Positional arguments to pass to the callable task
+        :param kwargs: Keyword arguments to pass to the callable task
+        """
+        if not callable(func):
+            raise InvalidTaskError(f"A task needs a callable, not {func!r}.")
+        self.func = func
+        self.func_args = list(args)
+        self.func_kwargs = dict(kwargs)
+
+    def to_waiting(self) -> None:
+        """Sets the task's status as "waiting"."""
+        self.status = WAITING
+
+    def to_success(self) -> None:
+        """Sets the task's status as "success"."""
+        self.status = SUCCESS
+
+    def to_failed(self) -> None:
+        """Sets the task's status as "failed"."""
+        self.status = FAILED
+
+    def to_retrying(self) -> None:
+        """Sets the task's status as "retrying"."""
+        self.status = RETRYING
+
+    def to_canceled(self) -> None:
+        """Sets the task's status as "canceled"."""
+        self.status = CANCELED
+
+    def to_delayed(self) -> None:
+        """Sets the task's status as "delayed"."""
+        self.status = DELAYED
+
+    def run(self) -> Any:
+        """
+        Runs the task.
+
+        This fires the ``on_start`` hook function first (if present), passing the task itself.
+        Then it runs the target function supplied via ``Task.to_call`` with its arguments &
+        stores the result.
+
+        If the target function succeeded, the ``on_success`` hook function is called, passing
+        both the task & the result to it.
+
+        If the target function failed (threw an exception) and no retries are left, the
+        ``on_error`` hook function is called, passing both the task & the exception to it.
+        Then the exception is re-raised. A failure with retries left marks the task
+        "retrying" and re-raises without calling ``on_error``.
+
+        Ex::
+
+            result = task.run()
+
+        :returns: The result of the target function
+        """
+        if self.func is None:
+            raise InvalidTaskError(f"Task {self.task_id} has nothing to call: use to_call().")
+        try:
+            self._call_hook("on_start", self)
+            self.result = self.func(*self.func_args, **self.func_kwargs)
+        except Exception as exc:
+            if self.retries > 0:
+                self.to_retrying()
+            else:
+                self.to_failed()
+                self._call_hook("on_error", self, exc)
+            raise
+        self.to_success()
+        self._call_hook("on_success", self, self.result)
+        return self.result
+
+    def _call_hook(self, name: str, *args: Any) -> None:
+        hook = getattr(self, name)
+        if hook is None:
+            return
+        if isinstance(hook, str):
+            hook = resolve_path(hook)
+        hook(*args)
+
+    def serialize(self) -> str:
+        """
+        Serializes the ``Task`` data for storing in the queue.
+
+        All data must be JSON-serializable in order to be stored properly. The callable and
+        hooks must be importable functions (not lambdas, methods or nested functions).
+
+        Ex::
+
+            data = task.serialize()
+
+        :returns: A JSON string of the task data
+        """
+        if self.func is None:
+            raise InvalidTaskError(f"Task {self.task_id} has nothing to call: use to_call().")
+        module, _, name = dotted_path(self.func).rpartition(".")
+        data = {
+            "task_id": self.task_id,
+            "retries": self.retries,
+            "async": self.is_async,
+            "status": self.status,
+            "module": module,
+            "callable": name,
+            "args": self.func_args,
+            "kwargs": self.func_kwargs,
+            "depends_on": self.depends_on,
+            "delay_until": self.delay_until,
+        }
+        for hook_name in HOOKS:
+            hook = getattr(self, hook_name)
+            data[hook_name] = hook if hook is None or isinstance(hook, str) else dotted_path(hook)
+        try:
+            return json.dumps(data, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidTaskError(
+                f"Task {self.task_id} ({module}.{name}) has arguments that are not "
+                f"JSON-serializable: {exc}. Pass ids and plain values instead."
+            ) from exc
+
+    @classmethod
+    def deserialize(cls, data: str) -> "Task":
+        """
+        Given some data from the queue, deserializes it into a ``Task`` instance.
+
+        The data must be similar in format to what comes from ``Task.serialize`` (a
+        JSON-serialized dictionary). Required keys are ``task_id``, ``retries`` & ``async``
+        (``is_async`` is read too).
+
+        Ex::
+
+            task = Task.deserialize(data)
+
+        :param data: A JSON-serialized string of the task data
+        :returns: A populated task
+        """
+        try:
+            fields = json.loads(data)
+        except (TypeError, ValueError) as exc:
+            raise InvalidTaskError(f"Task payload is not valid JSON: {exc}.") from exc
+        if not isinstance(fields, dict):
+            raise InvalidTaskError("Task payload is not a JSON object.")
+        if "async" in fields:
+            fields["is_async"] = fields["async"]
+        missing = [key for key in ("task_id", "retries", "is_async") if key not in fields]
+        missing += [key for key in ("module", "callable") if not fields.get(key)]
+        if missing:
+            raise InvalidTaskError(f"Task payload lacks {', '.join(missing)}.")
+        task = cls(
+            task_id=fields["task_id"],
+            retries=fields["retries"],
+            is_async=fields["is_async"],
+            depends_on=fields.get("depends_on"),
+            delay_until=fields.get("delay_until"),
+            **{hook: fields.get(hook) for hook in HOOKS},
+        )
+        if "status" in fields:
+            task.status = fields["status"]
+        args, kwargs = fields.get("args", []), fields.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise InvalidTaskError(f"Task {task.task_id} has malformed args or kwargs.")
+        task.to_call(resolve_path(f"{fields['module']}.{fields['callable']}"), *args, **kwargs)
+        return task
+
+
+def _task_ids(depends_on: Any) -> list[str]:
+    if depends_on is None:
+        return []
+    items = depends_on if isinstance(depends_on, list | tuple | set) else [depends_on]
+    return [item.task_id if isinstance(item, Task) else str(item) for item in items]
+
+
+def _due_time(delay_by: float | None, delay_until: float | datetime | None) -> float | None:
+    if delay_by is not None and delay_until is not None:
+        raise InvalidTaskError("Give delay_by or delay_until, not both.")
+    if delay_by is not None:
+        if isinstance(delay_by, bool) or not isinstance(delay_by, int | float) or delay_by < 0:
+            raise InvalidTaskError(f"delay_by must be a number of seconds >= 0, not {delay_by!r}.")
+        return time.time() + delay_by
+    if isinstance(delay_until, datetime):
+        if delay_until.tzinfo is None or delay_until.utcoffset() is None:
+            raise InvalidTaskError(
+                f"delay_until={delay_until!r} is a naive datetime; give it a timezone "
+                f"(e.g. datetime.now(timezone.utc)) so it is not guessed in local time."
+            )
+        return delay_until.timestamp()
+    if delay_until is not None and (
+        isinstance(delay_until, bool) or not isinstance(delay_until, int | float)
+    ):
+        raise InvalidTaskError(
+            f"delay_until must be epoch seconds or an aware datetime, not {delay_until!r}."
+        )
+    return delay_until

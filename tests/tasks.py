@@ -1,0 +1,33 @@
+"""Importable task functions the tests enqueue (workers in other processes import them)."""
+
+import os
+import time
+from pathlib import Path
+
+
+def add(a, b):
+    return a + b
+
+
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+def append_line(path, line):
+    """Appends ``line`` to a file: a record, visible across processes, that the task ran."""
+    with open(path, "a") as handle:
+        handle.write(f"{line}\n")
+    return line
+
+
+def record_then_sleep(path, seconds):
+    """Records the worker's pid, then sleeps: a task that is still running when killed."""
+    append_line(path, os.getpid())
+    time.sleep(seconds)
+    return seconds
+
+
+def lines(path) -> list[str]:
+    """Reads what ``append_line`` wrote (an empty list before the first line)."""
+    file = Path(path)
+    return file.read_text().splitlines() if file.exists() else []
