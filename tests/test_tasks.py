@@ -1,0 +1,202 @@
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alligator.constants import CANCELED, DELAYED, FAILED, RETRYING, SUCCESS, WAITING
+from alligator.exceptions import (
+    InvalidTaskError,
+    NotImportableError,
+    UnknownCallableError,
+    UnknownModuleError,
+)
+from alligator.tasks import Task
+
+from . import hooks, tasks
+
+
+@pytest.fixture(autouse=True)
+def clear_hook_calls():
+    hooks.CALLS.clear()
+
+
+def test_defaults():
+    task = Task()
+    assert len(task.task_id) == 36
+    assert task.retries == 0 and task.is_async is True
+    assert task.status == WAITING
+    assert task.depends_on == [] and task.delay_until is None
+    assert Task().task_id != task.task_id
+
+
+def test_async_keyword_is_accepted():
+    assert Task(**{"async": False}).is_async is False
+    with pytest.raises(TypeError, match="bogus"):
+        Task(bogus=1)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(InvalidTaskError, match="retries"):
+        Task(retries=-1)
+    with pytest.raises(InvalidTaskError, match="task_id"):
+        Task(task_id=12)
+
+
+def test_status_transitions():
+    task = Task()
+    for method, status in [
+        (task.to_success, SUCCESS),
+        (task.to_failed, FAILED),
+        (task.to_retrying, RETRYING),
+        (task.to_canceled, CANCELED),
+        (task.to_delayed, DELAYED),
+        (task.to_waiting, WAITING),
+    ]:
+        method()
+        assert task.status == status
+
+
+def test_to_call_and_run():
+    task = Task()
+    task.to_call(tasks.add, 101, b=35)
+    assert task.run() == 136
+    assert task.result == 136 and task.status == SUCCESS
+
+
+def test_run_without_a_callable():
+    with pytest.raises(InvalidTaskError, match="to_call"):
+        Task().run()
+
+
+def test_hooks_fire_in_order():
+    task = Task(on_start=hooks.on_start, on_success="tests.hooks.on_success")
+    task.to_call(tasks.add, 1, 2)
+    task.run()
+    assert hooks.CALLS == [("start", task.task_id, WAITING), ("success", task.task_id, 3)]
+
+
+def test_on_error_fires_only_after_the_last_attempt():
+    task = Task(retries=1, on_error=hooks.on_error)
+    task.to_call(tasks.fail, "nope")
+    with pytest.raises(ValueError):
+        task.run()
+    assert task.status == RETRYING and hooks.CALLS == []
+    task.retries = 0
+    with pytest.raises(ValueError):
+        task.run()
+    assert task.status == FAILED
+    assert hooks.CALLS == [("error", task.task_id, "nope")]
+
+
+def test_serialize_round_trip():
+    task = Task(
+        task_id="abc",
+        retries=2,
+        on_start=hooks.on_start,
+        on_error="tests.hooks.on_error",
+        depends_on=["x", Task(task_id="y")],
+        delay_by=30,
+    )
+    task.to_call(tasks.add, 1, b=2)
+    data = json.loads(task.serialize())
+    assert data["task_id"] == "abc" and data["retries"] == 2 and data["async"] is True
+    assert (data["module"], data["callable"]) == ("tests.tasks", "add")
+    assert data["on_start"] == "tests.hooks.on_start"
+    assert data["depends_on"] == ["x", "y"]
+
+    copy = Task.deserialize(task.serialize())
+    assert (copy.task_id, copy.retries, copy.is_async) == ("abc", 2, True)
+    assert copy.func is tasks.add
+    assert (copy.func_args, copy.func_kwargs) == ([1], {"b": 2})
+    assert copy.depends_on == ["x", "y"]
+    assert copy.delay_until == task.delay_until
+    assert copy.status == DELAYED
+    copy.run()
+    assert hooks.CALLS == [("start", "abc", DELAYED)]
+
+
+def test_deserialize_reads_the_documented_async_key():
+    data = json.dumps(
+        {
+            "task_id": "t1",
+            "retries": 0,
+            "async": False,
+            "module": "tests.tasks",
+            "callable": "add",
+            "args": [2, 3],
+            "kwargs": {},
+        }
+    )
+    task = Task.deserialize(data)
+    assert task.is_async is False and task.run() == 5
+
+
+@pytest.mark.parametrize(
+    "data, error, match",
+    [
+        ("{nope", InvalidTaskError, "not valid JSON"),
+        ("[1, 2]", InvalidTaskError, "not a JSON object"),
+        ('{"task_id": "t"}', InvalidTaskError, "retries"),
+        (
+            '{"task_id": "t", "retries": 0, "async": true, "module": "no_such_mod", '
+            '"callable": "f"}',
+            UnknownModuleError,
+            "no_such_mod",
+        ),
+        (
+            '{"task_id": "t", "retries": 0, "async": true, "module": "tests.tasks", '
+            '"callable": "missing"}',
+            UnknownCallableError,
+            "missing",
+        ),
+        (
+            '{"task_id": "t", "retries": 0, "async": true, "module": "tests.tasks", '
+            '"callable": "add", "args": {"a": 1}}',
+            InvalidTaskError,
+            "malformed",
+        ),
+    ],
+)
+def test_deserialize_bad_payloads(data, error, match):
+    with pytest.raises(error, match=match):
+        Task.deserialize(data)
+
+
+def test_serialize_refuses_what_a_worker_cannot_run():
+    task = Task()
+    task.to_call(lambda: 1)
+    with pytest.raises(NotImportableError, match="lambda"):
+        task.serialize()
+    task = Task(on_success=lambda task, result: None)
+    task.to_call(tasks.add, 1, 2)
+    with pytest.raises(NotImportableError):
+        task.serialize()
+    task = Task()
+    task.to_call(tasks.add, object(), 2)
+    with pytest.raises(InvalidTaskError, match="JSON-serializable"):
+        task.serialize()
+
+
+def test_delays():
+    before = time.time()
+    task = Task(delay_by=10)
+    assert before + 10 <= task.delay_until <= time.time() + 10
+    assert task.status == DELAYED
+    when = datetime.now(UTC) + timedelta(hours=1)
+    assert Task(delay_until=when).delay_until == when.timestamp()
+    assert Task(delay_until=1_900_000_000).delay_until == 1_900_000_000
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"delay_until": datetime(2030, 1, 1)}, "naive datetime"),
+        ({"delay_by": 1, "delay_until": 5}, "not both"),
+        ({"delay_by": -1}, "delay_by"),
+        ({"delay_until": "tomorrow"}, "epoch seconds"),
+    ],
+)
+def test_bad_delays(options, match):
+    with pytest.raises(InvalidTaskError, match=match):
+        Task(**options)

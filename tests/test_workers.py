@@ -1,0 +1,161 @@
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from alligator import Gator, Worker
+from alligator.gator import new_consumer_id
+
+from . import tasks
+from .servers import wait_for
+
+
+def test_worker_runs_tasks_and_prints_results(gator, capsys):
+    for n in range(3):
+        gator.task(tasks.add, n, 10)
+    worker = Worker(gator, max_tasks=3)
+    worker.run_forever()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"Alligator Worker (#{os.getpid()}) starting & consuming 'all'."
+    assert out[1:4] == ["10", "11", "12"]
+    assert "Consumed 3 tasks." in out[4]
+    assert worker.tasks_complete == 3 and gator.len() == 0
+
+
+def test_ident_includes_the_pid(gator):
+    assert str(os.getpid()) in Worker(gator).ident()
+
+
+def test_max_tasks_counts_failures_and_the_worker_carries_on(gator, caplog):
+    gator.task(tasks.fail, "first")
+    gator.backend.push(gator.queue_name, "junk", "{not json")
+    gator.task(tasks.add, 1, 1)
+    gator.task(tasks.add, 2, 2)
+    worker = Worker(gator, max_tasks=3)
+    worker.run_forever()
+    assert worker.tasks_complete == 3
+    assert gator.len() == 1  # the fourth task is still waiting
+    assert {d.task_id for d in gator.dead_letters()} >= {"junk"}
+    assert len(gator.dead_letters()) == 2
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("failed" in m and "tests.tasks.fail" in m for m in messages)
+    assert any("junk" in m and "dead-letter" in m for m in messages)
+
+
+def test_unimportable_task_is_dead_lettered(gator):
+    payload = (
+        '{"task_id": "gone", "retries": 0, "async": true, "module": "tests.tasks", '
+        '"callable": "removed_since"}'
+    )
+    gator.backend.push(gator.queue_name, "gone", payload)
+    Worker(gator, max_tasks=1).run_forever()
+    [dead] = gator.dead_letters()
+    assert dead.task_id == "gone" and "removed_since" in dead.error
+
+
+def test_to_consume_names_the_queue(gator):
+    other = Gator(gator.conn_string, queue_name="images")
+    other.task(tasks.add, 1, 1)
+    worker = Worker(gator, max_tasks=1, to_consume="images")
+    assert worker.to_consume == "images" and gator.queue_name == "all"
+    worker.run_forever()
+    assert other.len() == 0
+
+
+def test_consumer_id_is_given_or_made(gator):
+    assert Worker(gator, consumer_id="me").consumer_id == "me"
+    assert Worker(gator).consumer_id != Worker(gator).consumer_id
+    assert new_consumer_id().count(":") == 2
+
+
+def test_stop_finishes_the_task_in_hand(gator, tmp_path):
+    record = tmp_path / "ran.txt"
+    gator.task(tasks.record_then_sleep, str(record), 0.5)
+    gator.task(tasks.add, 1, 1)
+    worker = Worker(gator)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    wait_for(lambda: tasks.lines(record), message="the task to start")
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert worker.tasks_complete == 1 and gator.len() == 1
+
+
+def test_idle_worker_blocks_instead_of_napping(gator):
+    # With a nap_time this long, any nap between tasks or on an idle queue would show.
+    worker = Worker(gator, max_tasks=21, nap_time=30)
+    thread = threading.Thread(target=worker.run_forever)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.2)  # the worker is now idle, waiting on the queue
+    for n in range(21):
+        gator.task(tasks.add, n, 0)
+    thread.join(10)
+    assert not thread.is_alive(), "worker napped between tasks"
+    assert time.monotonic() - started < 10
+
+
+def test_heartbeat_keeps_the_lease_and_requeues_expired_ones(gator):
+    dsn = gator.conn_string + "?lease=0.6"
+    leased = Gator(dsn)
+    # A task held by a consumer that never renews its lease (a dead worker) is handed
+    # back by a live worker's heartbeat, and that worker then runs it.
+    leased.task(tasks.add, 1, 1)
+    assert leased.reserve("dead-consumer") is not None
+    leased.task(tasks.add, 2, 2)
+    worker = Worker(leased, max_tasks=2)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    thread.join(10)
+    assert worker.tasks_complete == 2 and leased.len() == 0
+
+
+SCRIPT = """
+import sys
+from alligator import Gator, Worker
+from tests import tasks
+gator = Gator("locmem://")
+gator.task(tasks.record_then_sleep, sys.argv[1], float(sys.argv[2]))
+gator.task(tasks.append_line, sys.argv[1], "second task")
+Worker(gator).run_forever()
+"""
+
+
+def run_worker_script(record, seconds):
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(record), str(seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_the_task_in_hand_finish(tmp_path, signum):
+    record = tmp_path / "ran.txt"
+    process = run_worker_script(record, 1.0)
+    wait_for(lambda: tasks.lines(record), message="the task to start")
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err
+    assert "1.0" in out.splitlines()  # the result of the task in hand
+    assert "second task" not in tasks.lines(record)
+    assert "Consumed 1 tasks." in out
+
+
+def test_second_signal_stops_at_once(tmp_path):
+    record = tmp_path / "ran.txt"
+    process = run_worker_script(record, 30)
+    wait_for(lambda: tasks.lines(record), message="the task to start")
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=20)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 10
