@@ -1,5 +1,6 @@
 """Gator and Options: the API producers and consumers share."""
 
+import logging
 import os
 import socket
 import traceback
@@ -10,6 +11,8 @@ from .backends import Client, DeadLetter, Reserved, client_class
 from .constants import ALL
 from .exceptions import AlligatorException, InvalidTaskError, TaskNotFound
 from .tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 def new_consumer_id() -> str:
@@ -178,6 +181,14 @@ class Gator:
             except Exception as exc:
                 if task.retries > 0:
                     task.retries -= 1
+                    log.warning(
+                        "Task %s (%s) failed (%s: %s); %d retries left.",
+                        task.task_id,
+                        task.func_path,
+                        type(exc).__name__,
+                        exc,
+                        task.retries,
+                    )
                     if not task.is_async:
                         continue
                     self._retry_later(task)

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+from .constants import SUCCESS
 from .exceptions import AlligatorException, BackendError
 from .gator import Gator, new_consumer_id
 from .tasks import Task
@@ -147,7 +148,8 @@ class Worker:
         except Exception:
             log.exception("Task %s (%s) failed.", task.task_id, task.func_path)
         else:
-            self.result(task.result)
+            if task.status == SUCCESS:
+                self.result(task.result)
         finally:
             self.tasks_complete += 1
             self.idle()

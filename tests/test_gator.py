@@ -232,3 +232,20 @@ def test_dead_letters_requeue_and_purge(gator):
     assert gator.len() == 1
     assert gator.purge_dead_letters() == 1
     assert gator.dead_letters() == []
+
+
+def test_a_failed_attempt_with_retries_left_is_logged(gator, caplog):
+    with gator.options(retries=1) as opts:
+        task = opts.task(tasks.fail, "first attempt")
+    gator.pop()
+    [record] = [r for r in caplog.records if r.name == "alligator.gator"]
+    assert record.levelname == "WARNING"
+    assert task.task_id in record.getMessage()
+    assert "ValueError: first attempt" in record.getMessage()
+    assert "0 retries left" in record.getMessage()
+
+
+def test_dsn_errors_do_not_show_passwords():
+    with pytest.raises(InvalidDSNError) as error:
+        Gator("locmem://app:hunter2@host/?nonsense=1")
+    assert "hunter2" not in str(error.value) and "app:***@host" in str(error.value)

@@ -278,11 +278,27 @@ class Client:
         """Releases connections. The client must not be used afterwards."""
 
 
+def redact_dsn(conn_string: str) -> str:
+    """
+    Returns the DSN with its password masked, for error messages and logs.
+
+    Ex::
+
+        redact_dsn('redis://app:secret@db:6379/0')  # 'redis://app:***@db:6379/0'
+    """
+    parts = urlsplit(conn_string)
+    if parts.password is None:
+        return conn_string
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
 def dsn_scheme(conn_string: str) -> str:
     """Returns the scheme of a DSN (``'redis'`` for ``'redis://localhost:6379/0'``)."""
     if not isinstance(conn_string, str) or "://" not in conn_string:
         raise InvalidDSNError(
-            f"{conn_string!r} is not a DSN: expected 'scheme://…', e.g. 'sqlite:///queue.db'."
+            f"{redact_dsn(str(conn_string))!r} is not a DSN: expected 'scheme://…', e.g. 'sqlite:///queue.db'."
         )
     return conn_string.split("://", 1)[0].lower()
 
@@ -316,16 +332,17 @@ def dsn_options(conn_string: str, defaults: dict[str, float | str]) -> dict[str,
         dsn_options('redis://localhost/0?lease=30', {'lease': 60.0})  # {'lease': 30.0}
     """
     options = dict(defaults)
+    shown = redact_dsn(conn_string)
     for key, values in parse_qs(urlsplit(conn_string).query, keep_blank_values=True).items():
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
             raise InvalidDSNError(
-                f"Unknown option {key!r} in DSN {conn_string!r}; known options: {known}."
+                f"Unknown option {key!r} in DSN {shown!r}; known options: {known}."
             )
         raw = values[-1]
         if isinstance(defaults[key], str):
             if not raw:
-                raise InvalidDSNError(f"Option {key!r} in DSN {conn_string!r} is empty.")
+                raise InvalidDSNError(f"Option {key!r} in DSN {shown!r} is empty.")
             options[key] = raw
             continue
         try:
@@ -333,8 +350,6 @@ def dsn_options(conn_string: str, defaults: dict[str, float | str]) -> dict[str,
         except ValueError:
             value = 0.0
         if value <= 0:
-            raise InvalidDSNError(
-                f"Option {key}={raw!r} in DSN {conn_string!r} must be a number > 0."
-            )
+            raise InvalidDSNError(f"Option {key}={raw!r} in DSN {shown!r} must be a number > 0.")
         options[key] = value
     return options
