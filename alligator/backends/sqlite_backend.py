@@ -1,0 +1,529 @@
+"""
+``sqlite://`` — queues in one SQLite file: durable, no server, for one host.
+
+DSN: ``sqlite:///relative/path.db`` (relative to the current directory when the client is
+built) or ``sqlite:////absolute/path.db``, with options ``?lease=SECONDS`` (default 60),
+``busy_timeout=SECONDS`` (default 5) and ``synchronous=normal|full`` (default normal).
+
+Delivery: FIFO within a queue, by insertion order; a delayed task is never reserved before
+it is due, and joins the back of its queue when a reserve first finds it due.
+At-least-once across processes: ``reserve`` claims a task in one write transaction, so two
+consumers never get the same task; a claimed task stays in the file, owned by its
+consumer, until ``ack`` (or the dead-letter store) removes it. If the consumer dies,
+``requeue_inflight`` (a supervisor) or ``requeue_expired`` (any worker, once the
+consumer's lease ran out) puts the task back at the front of its queue. A committed push
+survives a process crash; with ``synchronous=normal`` the last commits before a power cut
+may be lost, with ``synchronous=full`` they are not.
+
+SQLite has no way to wake a waiting reader, so an idle ``reserve`` polls: one indexed read
+per look, a few milliseconds apart after work was seen, doubling to ``poll_interval``
+while the queue stays empty.
+
+The file must sit on a local filesystem (WAL needs shared memory between the processes
+that use it). One connection per client and process, guarded by a lock; connections are
+closed before ``os.fork`` and reopened on first use, in the parent and in the child.
+"""
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from urllib.parse import unquote, urlsplit
+
+from ..exceptions import BackendError, InvalidDSNError
+from . import Client as BaseClient
+from . import DeadLetter, Reserved, dsn_options
+
+log = logging.getLogger(__name__)
+
+#: The schema this module writes; stored in the file as ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+
+# _MIGRATIONS[n] brings a file from schema version n to n + 1, in one transaction.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # One row per task and queue. ``seq`` (the rowid) orders a queue: a push or a task
+        # that becomes due takes max + 1 (the back), a requeued one min - 1 (the front).
+        """CREATE TABLE IF NOT EXISTS alligator_tasks (
+            seq INTEGER PRIMARY KEY,
+            queue TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            data TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('ready', 'delayed', 'inflight', 'dead')),
+            due REAL,
+            consumer_id TEXT,
+            expires REAL,
+            error TEXT,
+            failed_at REAL,
+            UNIQUE (queue, task_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS alligator_tasks_by_state "
+        "ON alligator_tasks (queue, state, seq)",
+        "CREATE INDEX IF NOT EXISTS alligator_tasks_by_due ON alligator_tasks (queue, due) "
+        "WHERE state = 'delayed'",
+    ),
+)
+
+#: First pause of an idle ``reserve`` after it saw work; doubles up to ``poll_interval``.
+FIRST_PAUSE = 0.005
+
+_SYNCHRONOUS = ("normal", "full")
+
+_HEAD = (
+    "SELECT seq, task_id, data FROM alligator_tasks "
+    "WHERE queue = ? AND state = 'ready' ORDER BY seq LIMIT 1"
+)
+_WAITING = (
+    "SELECT seq, data FROM alligator_tasks WHERE queue = ? AND task_id = ? "
+    "AND state IN ('ready', 'delayed')"
+)
+_BACK = "seq = (SELECT max(seq) FROM alligator_tasks) + 1"
+_FRONT = "seq = (SELECT min(seq) FROM alligator_tasks) - 1"
+_DUE_TO_BACK = f"UPDATE alligator_tasks SET state = 'ready', due = NULL, {_BACK} WHERE seq = ?"
+_DEAD_TO_BACK = (
+    "UPDATE alligator_tasks SET state = 'ready', error = NULL, failed_at = NULL, "
+    f"{_BACK} WHERE seq = ?"
+)
+_INFLIGHT_TO_FRONT = (
+    "UPDATE alligator_tasks SET state = 'ready', consumer_id = NULL, expires = NULL, "
+    f"{_FRONT} WHERE seq = ?"
+)
+
+
+def database_path(conn_string: str) -> str:
+    """
+    Returns the absolute path of the database file a ``sqlite://`` DSN names.
+
+    Ex::
+
+        database_path('sqlite:////var/lib/app/queue.db')  # '/var/lib/app/queue.db'
+    """
+    parts = urlsplit(conn_string)
+    if parts.netloc:
+        raise InvalidDSNError(
+            f"DSN {conn_string!r} names a host ({parts.netloc!r}); SQLite needs a file path: "
+            "'sqlite:///relative.db' or 'sqlite:////absolute/path.db'."
+        )
+    path = unquote(parts.path[1:])  # the one slash after the empty host is not the path's
+    if not path or path.endswith("/"):
+        raise InvalidDSNError(
+            f"DSN {conn_string!r} names no database file; use 'sqlite:///relative.db' or "
+            "'sqlite:////absolute/path.db'."
+        )
+    if path == ":memory:":
+        raise InvalidDSNError(
+            f"DSN {conn_string!r} asks for an in-memory SQLite database, which processes "
+            "cannot share; use 'locmem://' for queues in memory."
+        )
+    return os.path.abspath(path)
+
+
+class Client(BaseClient):
+    """
+    The SQLite backend. DSN: ``sqlite:///relative/path.db`` or ``sqlite:////abs/path.db``.
+
+    Opens the file at once, so a bad path fails here, and creates the tables in a new
+    file. The file's directory must exist.
+
+    Ex::
+
+        client = Client('sqlite:////var/lib/app/queue.db?lease=120')
+
+    :param conn_string: The DSN; options ``lease``, ``busy_timeout`` (seconds a write waits
+        for another process's write) and ``synchronous`` (``normal`` or ``full``)
+    """
+
+    def __init__(self, conn_string: str) -> None:
+        super().__init__(conn_string)
+        options = dsn_options(
+            conn_string, {"lease": 60.0, "busy_timeout": 5.0, "synchronous": "normal"}
+        )
+        self.lease = float(options["lease"])
+        self.busy_timeout = float(options["busy_timeout"])
+        self.synchronous = str(options["synchronous"]).lower()
+        if self.synchronous not in _SYNCHRONOUS:
+            raise InvalidDSNError(
+                f"Option synchronous={options['synchronous']!r} in DSN {conn_string!r} must be "
+                "'normal' or 'full'."
+            )
+        self.path = database_path(conn_string)
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise InvalidDSNError(
+                f"The directory {directory!r} for the SQLite database of DSN {conn_string!r} "
+                "does not exist; create it or fix the DSN."
+            )
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_pid = 0
+        # queue name -> pause an idle reserve had reached, so a worker that keeps finding
+        # the queue empty keeps looking every poll_interval, not every few milliseconds.
+        self._idle_pause: dict[str, float] = {}
+        _clients.add(self)
+        try:
+            with self._connection() as conn:
+                self._migrate(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    # Connections.
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Yields this process's connection, under the lock; SQLite errors become
+        ``BackendError``."""
+        with self._lock:
+            try:
+                if self._conn is None or self._conn_pid != os.getpid():
+                    self._open()
+                yield self._conn
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+                raise  # a bug here, not a backend that failed
+            except sqlite3.DatabaseError as exc:
+                raise self._backend_error(exc) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: other writers wait (up to ``busy_timeout``) until it ends."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    def _open(self) -> None:
+        if self._conn is not None and self._conn_pid != os.getpid():
+            # Opened before a fork that skipped the at-fork hooks: closing it here could
+            # release the parent's locks, so it is only kept from being collected.
+            _inherited.append(self._conn)
+            self._conn = None
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+            check_same_thread=False,  # self._lock serializes the threads that share it
+        )
+        try:
+            mode = self._use_wal(conn)
+            if mode != "wal":
+                log.warning(
+                    "SQLite database %r stays in journal mode %r, not WAL: readers and "
+                    "writers will block each other.",
+                    self.path,
+                    mode,
+                )
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._conn_pid = conn, os.getpid()
+        log.debug("Opened SQLite database %r in process %d.", self.path, self._conn_pid)
+
+    def _use_wal(self, conn: sqlite3.Connection) -> str:
+        """Switches the file to WAL (a no-op once it is); returns the journal mode."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                # When processes open a new file at once, all but one of them are refused
+                # at once, without the busy wait, while that one switches it; retry.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again inside the transaction: another process may have just done it.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise BackendError(
+                    f"The SQLite database {self.path!r} has schema version {version}, but this "
+                    f"Alligator knows versions up to {SCHEMA_VERSION} only; upgrade Alligator."
+                )
+            for statements in _MIGRATIONS[version:]:
+                for statement in statements:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _backend_error(self, exc: sqlite3.DatabaseError) -> BackendError:
+        reason = str(exc)
+        if "not a database" in reason:
+            return BackendError(
+                f"{self.path!r} is not an SQLite database ({reason}); point the DSN at a new "
+                "file or at an Alligator queue database."
+            )
+        if "locked" in reason or "busy" in reason:
+            return BackendError(
+                f"The SQLite database {self.path!r} stayed locked by another connection for "
+                f"longer than busy_timeout={self.busy_timeout:g}s ({reason})."
+            )
+        if "unable to open" in reason:
+            return BackendError(
+                f"Cannot open the SQLite database {self.path!r} ({reason}); check that it is "
+                "a file this process may read and write."
+            )
+        return BackendError(f"The SQLite database {self.path!r} failed: {reason}.")
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None and self._conn_pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    # The contract.
+
+    def push(
+        self, queue_name: str, task_id: str, data: str, delay_until: float | None = None
+    ) -> str:
+        if delay_until is not None and delay_until > time.time():
+            state, due = "delayed", delay_until
+        else:
+            state, due = "ready", None
+        with self._connection() as conn:
+            # A task id names one task per queue: pushing it again replaces the old row.
+            conn.execute(
+                "INSERT OR REPLACE INTO alligator_tasks (queue, task_id, data, state, due) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (queue_name, task_id, data, state, due),
+            )
+        return task_id
+
+    def reserve(
+        self, queue_name: str, consumer_id: str, timeout: float = 0.0, poll_interval: float = 0.1
+    ) -> Reserved | None:
+        deadline = time.monotonic() + timeout
+        pause = min(self._idle_pause.get(queue_name, FIRST_PAUSE), poll_interval)
+        while True:
+            wait = self._peek(queue_name)
+            if wait == 0.0:
+                reserved = self._claim(queue_name, consumer_id)
+                self._idle_pause.pop(queue_name, None)
+                if reserved is not None:
+                    return reserved
+                pause = FIRST_PAUSE  # another consumer was quicker; more may follow
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._idle_pause[queue_name] = pause
+                return None
+            nap = min(pause, remaining)
+            if wait is not None:  # a delayed task falls due: look again right then
+                nap = min(nap, max(wait, 0.001))
+            time.sleep(nap)
+            pause = min(pause * 2, poll_interval)
+
+    def _peek(self, queue_name: str) -> float | None:
+        """One read: 0.0 when a task is ready or due, else seconds until the next delayed
+        task is due, or ``None`` when there is none."""
+        with self._connection() as conn:
+            ready, next_due = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM alligator_tasks "
+                "WHERE queue = ? AND state = 'ready'), "
+                "(SELECT min(due) FROM alligator_tasks WHERE queue = ? AND state = 'delayed')",
+                (queue_name, queue_name),
+            ).fetchone()
+        if ready:
+            return 0.0
+        return None if next_due is None else max(next_due - time.time(), 0.0)
+
+    def _claim(self, queue_name: str, consumer_id: str) -> Reserved | None:
+        with self._transaction() as conn:
+            now = time.time()
+            due = conn.execute(
+                "SELECT seq FROM alligator_tasks WHERE queue = ? AND state = 'delayed' "
+                "AND due <= ? ORDER BY due, seq",
+                (queue_name, now),
+            ).fetchall()
+            for (seq,) in due:
+                conn.execute(_DUE_TO_BACK, (seq,))
+            head = conn.execute(_HEAD, (queue_name,)).fetchone()
+            if head is None:
+                return None
+            seq, task_id, data = head
+            conn.execute(
+                "UPDATE alligator_tasks SET state = 'inflight', consumer_id = ?, expires = ? "
+                "WHERE seq = ?",
+                (consumer_id, now + self.lease, seq),
+            )
+        return Reserved(task_id, data)
+
+    def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
+        with self._connection() as conn:
+            conn.execute(
+                "DELETE FROM alligator_tasks WHERE queue = ? AND task_id = ? "
+                "AND state = 'inflight' AND consumer_id = ?",
+                (queue_name, task_id, consumer_id),
+            )
+
+    def retry(
+        self,
+        queue_name: str,
+        task_id: str,
+        consumer_id: str,
+        data: str,
+        delay_until: float | None = None,
+    ) -> str:
+        # The push replaces the in-flight row in one statement.
+        return self.push(queue_name, task_id, data, delay_until)
+
+    def _requeue_front(self, conn: sqlite3.Connection, where: str, params: tuple) -> int:
+        held = conn.execute(
+            f"SELECT seq FROM alligator_tasks WHERE queue = ? AND state = 'inflight' AND {where} "
+            "ORDER BY seq DESC",  # the newest goes to the front first, the oldest ends first
+            params,
+        ).fetchall()
+        for (seq,) in held:
+            conn.execute(_INFLIGHT_TO_FRONT, (seq,))
+        return len(held)
+
+    def requeue_inflight(self, queue_name: str, consumer_id: str) -> int:
+        with self._transaction() as conn:
+            return self._requeue_front(conn, "consumer_id = ?", (queue_name, consumer_id))
+
+    def keepalive(self, queue_name: str, consumer_id: str) -> None:
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE alligator_tasks SET expires = ? "
+                "WHERE queue = ? AND state = 'inflight' AND consumer_id = ?",
+                (time.time() + self.lease, queue_name, consumer_id),
+            )
+
+    def requeue_expired(self, queue_name: str) -> int:
+        with self._transaction() as conn:
+            return self._requeue_front(conn, "expires < ?", (queue_name, time.time()))
+
+    def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
+        with self._transaction() as conn:
+            row = conn.execute(_WAITING, (queue_name, task_id)).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE alligator_tasks SET state = 'inflight', due = NULL, consumer_id = ?, "
+                "expires = ? WHERE seq = ?",
+                (consumer_id, time.time() + self.lease, row[0]),
+            )
+        return Reserved(task_id, row[1])
+
+    def cancel(self, queue_name: str, task_id: str) -> str | None:
+        with self._transaction() as conn:
+            row = conn.execute(_WAITING, (queue_name, task_id)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM alligator_tasks WHERE seq = ?", (row[0],))
+        return row[1]
+
+    def len(self, queue_name: str) -> int:
+        with self._connection() as conn:
+            return conn.execute(
+                "SELECT count(*) FROM alligator_tasks "
+                "WHERE queue = ? AND state IN ('ready', 'delayed')",
+                (queue_name,),
+            ).fetchone()[0]
+
+    def drop_all(self, queue_name: str) -> None:
+        with self._connection() as conn:
+            conn.execute(
+                "DELETE FROM alligator_tasks WHERE queue = ? AND state IN ('ready', 'delayed')",
+                (queue_name,),
+            )
+
+    def add_dead_letter(
+        self,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        error: str,
+        consumer_id: str | None = None,
+    ) -> None:
+        with self._connection() as conn:
+            # Replaces the in-flight row (if any) in the same statement.
+            conn.execute(
+                "INSERT OR REPLACE INTO alligator_tasks "
+                "(queue, task_id, data, state, error, failed_at) VALUES (?, ?, ?, 'dead', ?, ?)",
+                (queue_name, task_id, data, error, time.time()),
+            )
+
+    def list_dead_letters(self, queue_name: str) -> list[DeadLetter]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT task_id, data, error, failed_at FROM alligator_tasks "
+                "WHERE queue = ? AND state = 'dead' ORDER BY seq",
+                (queue_name,),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def requeue_dead_letters(self, queue_name: str, task_ids: list[str] | None = None) -> int:
+        with self._transaction() as conn:
+            if task_ids is None:
+                dead = conn.execute(
+                    "SELECT seq FROM alligator_tasks WHERE queue = ? AND state = 'dead' "
+                    "ORDER BY seq",
+                    (queue_name,),
+                ).fetchall()
+            else:
+                found = (
+                    conn.execute(
+                        "SELECT seq FROM alligator_tasks "
+                        "WHERE queue = ? AND task_id = ? AND state = 'dead'",
+                        (queue_name, task_id),
+                    ).fetchone()
+                    for task_id in dict.fromkeys(task_ids)
+                )
+                dead = sorted(row for row in found if row is not None)  # oldest first
+            for (seq,) in dead:
+                conn.execute(_DEAD_TO_BACK, (seq,))
+        return len(dead)
+
+    def purge_dead_letters(self, queue_name: str) -> int:
+        with self._connection() as conn:
+            return conn.execute(
+                "DELETE FROM alligator_tasks WHERE queue = ? AND state = 'dead'", (queue_name,)
+            ).rowcount
+
+
+# Fork safety. SQLite keeps its per-file lock bookkeeping in process memory; a child forked
+# while its parent had the file open inherits that bookkeeping, and its own new connection
+# then takes no real locks, so another process could checkpoint and delete the WAL under
+# it. So every client's connection is closed just before a fork (holding its lock across
+# the fork, so no other thread reopens it meanwhile) and reopened on first use afterwards.
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_forking: list[Client] = []
+_inherited: list[sqlite3.Connection] = []
+
+
+def _before_fork() -> None:
+    _forking[:] = list(_clients)
+    for client in _forking:
+        client._lock.acquire()
+        with suppress(sqlite3.Error):
+            client._close_connection()
+
+
+def _after_fork() -> None:
+    for client in _forking:
+        client._lock.release()
+    _forking.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

@@ -1,0 +1,498 @@
+"""What the SQLite backend does beyond the Client contract: its DSN, its file, its locking,
+its polling and its safety across threads, processes and fork."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from alligator.backends.sqlite_backend import SCHEMA_VERSION, Client
+from alligator.exceptions import BackendError, InvalidDSNError
+
+from .servers import wait_for
+
+CONSUMER = "test-host:1:consumer"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def dsn_for(path: Path, **options) -> str:
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "queue.db"
+
+
+@pytest.fixture
+def client(db_path):
+    client = Client(dsn_for(db_path))
+    yield client
+    client.close()
+
+
+def rows(path: Path, sql: str, *params) -> list[tuple]:
+    """Reads the file with a connection of its own, as another program would."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def run_python(code: str, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True, **popen)
+
+
+# DSN forms and options.
+
+
+def test_relative_path_is_relative_to_the_current_directory(tmp_path, monkeypatch, queue_name):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    client = Client("sqlite:///data/queue.db")
+    # A later chdir (e.g. a daemon's) does not move the queue.
+    monkeypatch.chdir("/")
+    client.push(queue_name, "t", "payload")
+    assert client.path == str(tmp_path / "data" / "queue.db")
+    assert rows(tmp_path / "data" / "queue.db", "SELECT task_id FROM alligator_tasks") == [("t",)]
+    client.close()
+
+
+def test_absolute_path_takes_four_slashes(tmp_path, queue_name):
+    client = Client(f"sqlite:////{str(tmp_path).lstrip('/')}/abs.db")
+    client.push(queue_name, "t", "payload")
+    assert client.path == str(tmp_path / "abs.db")
+    assert (tmp_path / "abs.db").is_file()
+    client.close()
+
+
+def test_percent_encoded_path(tmp_path):
+    (tmp_path / "my dir").mkdir()
+    client = Client(f"sqlite:///{tmp_path}/my%20dir/queue.db")
+    assert client.path == str(tmp_path / "my dir" / "queue.db")
+    client.close()
+
+
+def test_options(db_path):
+    client = Client(dsn_for(db_path, lease=2.5, busy_timeout=0.5, synchronous="full"))
+    assert (client.lease, client.busy_timeout) == (2.5, 0.5)
+    with client._connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    client.close()
+
+
+def test_default_options(client):
+    assert (client.lease, client.busy_timeout) == (60.0, 5.0)
+    with client._connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+@pytest.mark.parametrize(
+    "dsn, words",
+    [
+        ("sqlite://", "names no database file"),
+        ("sqlite:///", "names no database file"),
+        ("sqlite:///data/", "names no database file"),
+        ("sqlite://localhost/queue.db", "names a host"),
+        ("sqlite:///:memory:", "locmem://"),
+        ("sqlite:///queue.db?synchronous=off", "'normal' or 'full'"),
+        ("sqlite:///queue.db?lease=0", "must be a number > 0"),
+        ("sqlite:///queue.db?busy_timeout=soon", "must be a number > 0"),
+    ],
+)
+def test_bad_dsn_is_one_clear_sentence(dsn, words, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidDSNError) as caught:
+        Client(dsn)
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# The file: created on first use, with a schema version.
+
+
+def test_tables_are_created_on_first_use_with_a_schema_version(db_path, queue_name):
+    assert not db_path.exists()
+    client = Client(dsn_for(db_path))
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    names = {name for (name,) in rows(db_path, "SELECT name FROM sqlite_master")}
+    assert {"alligator_tasks", "alligator_tasks_by_state", "alligator_tasks_by_due"} <= names
+    client.push(queue_name, "t", "kept")
+    client.close()
+    # A second client on the same file keeps what is there.
+    again = Client(dsn_for(db_path))
+    assert again.reserve(queue_name, CONSUMER).data == "kept"
+    again.close()
+
+
+def test_processes_creating_the_file_at_once(db_path, tmp_path, queue_name):
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "from alligator.backends.sqlite_backend import Client\n"
+        "dsn, queue, go = sys.argv[1:4]\n"
+        "print('ready', flush=True)\n"
+        "while not os.path.exists(go):\n"
+        "    time.sleep(0.002)\n"
+        "Client(dsn).push(queue, str(os.getpid()), 'hello')\n"
+    )
+    processes = [
+        run_python(code, dsn_for(db_path), queue_name, str(go), stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    for process in processes:
+        process.communicate(timeout=30)
+        assert process.returncode == 0
+    client = Client(dsn_for(db_path))
+    assert client.len(queue_name) == 4
+    assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    client.close()
+
+
+def test_a_newer_schema_version_is_refused(db_path):
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(BackendError) as caught:
+        Client(dsn_for(db_path))
+    message = str(caught.value)
+    assert "schema version 99" in message and "upgrade Alligator" in message
+    assert "\n" not in message
+    # Left as it was.
+    assert rows(db_path, "SELECT name FROM sqlite_master") == []
+
+
+def test_missing_directory_is_named_and_not_created(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(InvalidDSNError) as caught:
+        Client(dsn_for(missing / "queue.db"))
+    assert f"{str(missing)!r} for the SQLite database" in str(caught.value)
+    assert "does not exist" in str(caught.value)
+    assert not missing.exists()
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("these are my notes, not a database\n" * 200)
+    with pytest.raises(BackendError) as caught:
+        Client(dsn_for(path))
+    assert str(caught.value).startswith(f"{str(path)!r} is not an SQLite database")
+    assert "\n" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+    assert path.read_text().startswith("these are my notes")
+
+
+def test_a_directory_where_the_file_should_be(tmp_path):
+    (tmp_path / "queue.db").mkdir()
+    with pytest.raises(BackendError, match="Cannot open the SQLite database") as caught:
+        Client(dsn_for(tmp_path / "queue.db"))
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+# Locking: WAL and the busy timeout.
+
+
+def test_wal_mode(client, db_path):
+    assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def hold_write_lock(path: Path) -> sqlite3.Connection:
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_write_waits_for_another_writer(client, db_path, queue_name):
+    other = hold_write_lock(db_path)
+    release = threading.Timer(0.3, other.execute, ["COMMIT"])
+    started = time.monotonic()
+    release.start()
+    client.push(queue_name, "t", "waited")
+    assert time.monotonic() - started >= 0.25
+    assert client.len(queue_name) == 1
+    release.join()
+    other.close()
+
+
+def test_a_lock_held_beyond_busy_timeout_is_a_backend_error(db_path, queue_name):
+    client = Client(dsn_for(db_path, busy_timeout=0.2))
+    other = hold_write_lock(db_path)
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="busy_timeout=0.2s") as caught:
+        client.push(queue_name, "t", "blocked")
+    assert time.monotonic() - started < 3  # the option, not sqlite3's default of 5 s
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    # With WAL, reads go on while another connection writes.
+    assert client.len(queue_name) == 0
+    assert client.reserve(queue_name, CONSUMER) is None
+    other.execute("ROLLBACK")
+    other.close()
+    # The client recovers once the lock is gone.
+    client.push(queue_name, "t", "through")
+    assert client.reserve(queue_name, CONSUMER).data == "through"
+    client.close()
+
+
+# Order, delays, replacement.
+
+
+def test_a_due_task_joins_the_back_of_the_queue(client, queue_name):
+    due = time.time() + 0.3
+    client.push(queue_name, "later", "delayed", delay_until=due)
+    client.push(queue_name, "first", "ready")
+    wait_for(lambda: time.time() > due + 0.05, message="the delay to pass")
+    # Pushed before "first", but ready only now: it queues behind what was waiting.
+    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(2)]
+    assert taken == ["first", "later"]
+
+
+def test_a_delayed_task_is_picked_up_when_due_not_a_poll_interval_later(client, queue_name):
+    # Idle looks back off to 0.64 s, then 1.28 s apart: without looking again right when
+    # the task falls due, it would be taken about a second late.
+    due = time.time() + 1.6
+    client.push(queue_name, "t", "delayed", delay_until=due)
+    reserved = client.reserve(queue_name, CONSUMER, timeout=10, poll_interval=3.0)
+    taken_at = time.time()
+    assert reserved.task_id == "t"
+    assert due <= taken_at < due + 0.5
+
+
+def test_pushing_an_existing_id_replaces_it(client, queue_name):
+    client.push(queue_name, "t", "old")
+    client.push(queue_name, "other", "x")
+    client.push(queue_name, "t", "new")
+    assert client.len(queue_name) == 2
+    assert [client.reserve(queue_name, CONSUMER).data for _ in range(2)] == ["x", "new"]
+
+
+# Idle polling.
+
+
+class LookCountingClient(Client):
+    """The real backend, noting when ``reserve`` looks at the queue."""
+
+    def __init__(self, conn_string: str) -> None:
+        super().__init__(conn_string)
+        self.looks: list[float] = []
+
+    def _peek(self, queue_name):
+        self.looks.append(time.monotonic())
+        return super()._peek(queue_name)
+
+
+def gaps(looks: list[float]) -> list[float]:
+    return [later - earlier for earlier, later in zip(looks, looks[1:], strict=False)]
+
+
+def test_idle_polling_starts_short_and_backs_off_to_poll_interval(db_path, queue_name):
+    client = LookCountingClient(dsn_for(db_path))
+    assert client.reserve(queue_name, CONSUMER, timeout=1.0, poll_interval=0.1) is None
+    first_call = gaps(client.looks)
+    # A few milliseconds apart at first (5, 10, 20 ms), doubling...
+    assert first_call[0] < 0.05 and sum(first_call[:3]) < 0.1
+    # ...up to poll_interval, never longer (give or take the sleep's slack).
+    assert max(first_call) < 0.18
+    assert 6 <= len(client.looks) <= 20  # not a busy loop: ~10 looks a second
+
+    # Still idle: the next call keeps looking every poll_interval.
+    client.looks.clear()
+    assert client.reserve(queue_name, CONSUMER, timeout=0.5, poll_interval=0.1) is None
+    assert min(gaps(client.looks)) >= 0.09
+    assert len(client.looks) <= 7
+
+    # Once work was seen, the next idle call looks again within a few milliseconds.
+    client.push(queue_name, "t", "work")
+    assert client.reserve(queue_name, CONSUMER, timeout=1.0, poll_interval=0.1) is not None
+    client.looks.clear()
+    assert client.reserve(queue_name, CONSUMER, timeout=0.3, poll_interval=0.1) is None
+    assert gaps(client.looks)[0] < 0.05
+    client.close()
+
+
+def test_a_shorter_poll_interval_takes_effect_at_once(db_path, queue_name):
+    client = LookCountingClient(dsn_for(db_path))
+    assert client.reserve(queue_name, CONSUMER, timeout=0.4, poll_interval=3.0) is None
+    client.looks.clear()
+    assert client.reserve(queue_name, CONSUMER, timeout=0.3, poll_interval=0.1) is None
+    assert gaps(client.looks)[0] < 0.18
+    client.close()
+
+
+def test_an_idle_reserve_picks_up_a_new_task_quickly(db_path, queue_name):
+    client = LookCountingClient(dsn_for(db_path))
+    producer = Client(dsn_for(db_path))
+    result = {}
+
+    def consume():
+        result["task"] = client.reserve(queue_name, CONSUMER, timeout=10, poll_interval=0.1)
+        result["at"] = time.monotonic()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    # Idle long enough to have backed off all the way.
+    wait_for(lambda: len(client.looks) >= 12, message="the reserve to back off")
+    pushed_at = time.monotonic()
+    producer.push(queue_name, "t", "hello")
+    consumer.join(15)
+    assert result["task"].data == "hello"
+    assert result["at"] - pushed_at < 0.5  # about poll_interval; never the timeout
+    client.close()
+    producer.close()
+
+
+# Concurrency: threads sharing a client, processes sharing a file, fork.
+
+
+def test_threads_sharing_a_client_never_get_the_same_task(client, queue_name):
+    expected = {f"t{n}" for n in range(400)}
+    for task_id in sorted(expected):
+        client.push(queue_name, task_id, "x")
+    taken: list[list[str]] = [[] for _ in range(4)]
+
+    def drain(mine: list[str]) -> None:
+        while (reserved := client.reserve(queue_name, CONSUMER)) is not None:
+            mine.append(reserved.task_id)
+            client.ack(queue_name, reserved.task_id, CONSUMER)
+
+    threads = [threading.Thread(target=drain, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    everything = [task_id for mine in taken for task_id in mine]
+    assert len(everything) == len(expected)
+    assert set(everything) == expected
+
+
+DRAIN = """
+import os, sys, time
+from alligator.backends.sqlite_backend import Client
+dsn, queue, go = sys.argv[1:4]
+client = Client(dsn)
+consumer = f"drainer:{os.getpid()}"
+print("ready", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.002)
+while (reserved := client.reserve(queue, consumer)) is not None:
+    client.ack(queue, reserved.task_id, consumer)
+    print(reserved.task_id)
+"""
+
+
+def test_processes_reserving_at_once_never_get_the_same_task(db_path, tmp_path, queue_name):
+    client = Client(dsn_for(db_path))
+    expected = [f"task-{n}" for n in range(1000)]
+    for task_id in expected:
+        client.push(queue_name, task_id, "x")
+    go = tmp_path / "go"
+    processes = [
+        run_python(DRAIN, dsn_for(db_path), queue_name, str(go), stdout=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    taken = []
+    for process in processes:
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 0
+        taken.append(out.split())
+    everything = [task_id for ids in taken for task_id in ids]
+    assert sorted(everything) == sorted(expected)  # every id exactly once
+    assert sum(1 for ids in taken if ids) >= 2  # they really did compete
+    assert rows(db_path, "SELECT count(*) FROM alligator_tasks") == [(0,)]
+    client.close()
+
+
+def locked_inodes(pid: int) -> set[int]:
+    """The inodes on which process ``pid`` holds POSIX locks, as the kernel sees them."""
+    held = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "POSIX" and fields[4] == str(pid):
+            held.add(int(fields[5].rsplit(":", 1)[1]))
+    return held
+
+
+def test_a_client_survives_fork(client, db_path, queue_name):
+    client.push(queue_name, "from-parent", "x")  # the parent's connection is open
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            client.push(queue_name, "from-child", "y")
+            taken = client.reserve(queue_name, "child-consumer")
+            # The child's own connection takes real locks on the file and its shared
+            # memory; one inherited from the parent would not.
+            wanted = {os.stat(db_path).st_ino, os.stat(f"{db_path}-shm").st_ino}
+            ok = taken.task_id == "from-parent" and wanted <= locked_inodes(os.getpid())
+            code = 0 if ok else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.reserve(queue_name, CONSUMER).task_id == "from-child"
+    assert os.stat(db_path).st_ino in locked_inodes(os.getpid())
+
+
+# Leases.
+
+
+RESERVE_AND_EXIT = """
+import sys
+from alligator.backends.sqlite_backend import Client
+dsn, queue = sys.argv[1:3]
+print(Client(dsn).reserve(queue, "doomed:1:consumer").task_id)
+"""
+
+
+def test_an_expired_lease_returns_the_task_to_the_front(db_path, queue_name):
+    dsn = dsn_for(db_path, lease=1.5)
+    client = Client(dsn)
+    for task_id in ("first", "second"):
+        client.push(queue_name, task_id, "x")
+    reserved_before = time.time()
+    # A consumer in another process takes the first task and exits without an ack.
+    dying = run_python(RESERVE_AND_EXIT, dsn, queue_name, stdout=subprocess.PIPE)
+    out, _ = dying.communicate(timeout=30)
+    assert out.strip() == "first"
+    assert client.requeue_expired(queue_name) == 0  # its lease still runs
+    client.push(queue_name, "third", "x")
+    wait_for(lambda: client.requeue_expired(queue_name) == 1, message="the lease to expire")
+    assert time.time() >= reserved_before + 1.5
+    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(3)]
+    assert taken == ["first", "second", "third"]
+    client.close()
+
+
+def test_requeued_tasks_keep_their_order_at_the_front(client, queue_name):
+    for n in range(4):
+        client.push(queue_name, f"t{n}", "x")
+    client.reserve(queue_name, CONSUMER)
+    client.reserve(queue_name, CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER) == 2
+    client.push(queue_name, "t4", "x")
+    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(5)]
+    assert taken == ["t0", "t1", "t2", "t3", "t4"]
+
+
+def test_requeue_named_dead_letters_oldest_first(client, queue_name):
+    for task_id in ("a", "b", "c"):
+        client.push(queue_name, task_id, task_id)
+        client.reserve(queue_name, CONSUMER)
+        client.add_dead_letter(queue_name, task_id, task_id, "boom", CONSUMER)
+    assert client.requeue_dead_letters(queue_name, ["c", "a", "c", "missing"]) == 2
+    assert [d.task_id for d in client.list_dead_letters(queue_name)] == ["b"]
+    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(2)]
+    assert taken == ["a", "c"]
