@@ -1,5 +1,7 @@
 """Importable hook functions: they record their calls so tests can look at them."""
 
+import os
+
 CALLS: list = []
 
 
@@ -24,3 +26,9 @@ def flaky(value):
         FLAKY_FAILURES["left"] -= 1
         raise RuntimeError("not yet")
     return value
+
+
+def record_pid(task, result):
+    """An on_success hook for ``tasks.append_line`` tasks: records which process ran it."""
+    with open(task.func_args[0], "a") as handle:
+        handle.write(f"hook in {os.getpid()}\n")

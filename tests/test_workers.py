@@ -10,7 +10,7 @@ import pytest
 from alligator import Gator, Worker
 from alligator.gator import new_consumer_id
 
-from . import tasks
+from . import hooks, tasks
 from .servers import wait_for
 
 
@@ -159,3 +159,24 @@ def test_second_signal_stops_at_once(tmp_path):
     process.communicate(timeout=20)
     assert process.returncode == 128 + signal.SIGTERM
     assert time.monotonic() - started < 10
+
+
+def test_hooks_fire_in_the_process_that_runs_the_task(tmp_path):
+    dsn = f"sqlite:///{tmp_path / 'queue.db'}"
+    record = tmp_path / "ran.txt"
+    with Gator(dsn).options(on_success=hooks.record_pid) as opts:
+        opts.task(tasks.append_line, str(record), "ran")
+    worker = subprocess.run(
+        [sys.executable, "-m", "alligator.cli", dsn, "-m", "1"], capture_output=True, timeout=30
+    )
+    assert worker.returncode == 0, worker.stderr
+    [ran, hook] = tasks.lines(record)
+    assert ran == "ran"
+    assert hook.startswith("hook in ") and hook != f"hook in {os.getpid()}"
+
+
+def test_a_retried_task_prints_no_result(gator, capsys):
+    with gator.options(retries=1) as opts:
+        opts.task(tasks.fail)
+    Worker(gator, max_tasks=1).run_forever()
+    assert capsys.readouterr().out.splitlines()[1].endswith("shutting down. Consumed 1 tasks.")
