@@ -1,0 +1,718 @@
+"""
+``redis://``, ``rediss://`` and ``unix://`` — queues in Redis (6.2 or newer), shared by
+any number of producers and workers on any number of hosts.
+
+DSN forms::
+
+    redis://[user:password@]host:port/db      plain TCP
+    rediss://[user:password@]host:port/db     TLS
+    unix:///path/to/redis.sock?db=N           a local socket
+
+Options travel in the query string: ``lease`` (seconds, default 60), ``prefix`` (default
+``alligator``), ``db``, ``socket_timeout`` (seconds, default 5) and, for ``rediss://``,
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and ``ssl_cert_reqs``
+(``required``, ``optional`` or ``none``).
+
+Delivery semantics:
+
+- **At-least-once.** ``reserve`` moves a task id atomically from the queue into an
+  in-flight list owned by the consumer id; only ``ack`` (after the task finished),
+  ``retry`` or ``add_dead_letter`` takes it out. A task is never dropped between steps:
+  every step that moves it is one Redis command or one Lua script.
+- **FIFO** within a queue. Tasks that come back from in-flight (``requeue_inflight``,
+  ``requeue_expired``) go to the *front* of the queue, the oldest first; retried and
+  requeued dead-letter tasks go to the back.
+- **Death of a worker.** Each consumer holds a lease key that expires after ``lease``
+  seconds unless ``keepalive`` renews it (a Worker does so every ``lease / 3`` seconds from
+  its heartbeat thread). Once it expired, any live worker's ``requeue_expired`` returns
+  that consumer's in-flight tasks; a supervisor that saw the process die calls
+  ``requeue_inflight`` at once. A long task in a live worker is never handed out twice.
+- **Delayed tasks** wait in a sorted set scored by their due time (the Redis server's
+  clock decides when they are due) and are moved to the queue by the same script that
+  reserves; an idle ``reserve`` never blocks past the next due time, nor past a second,
+  so a delayed task starts within about a second of its time and never before.
+- **Lost replies.** When a reply to ``reserve``, ``get`` or a settling call is lost (a
+  timeout, a dropped connection), the next ``reserve`` for that consumer returns to the
+  front of the queue any in-flight task this client did not hand out, so a live worker
+  never sits on a task it does not know about. A consumer id belongs to one client.
+
+Every key starts with ``prefix:{queue}:`` — one Redis Cluster hash tag per queue, so each
+script touches a single slot. Connection and timeout errors raise ``BackendError`` with
+the redis-py error as its cause. A client is safe to share between threads.
+"""
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..exceptions import BackendError, InvalidDSNError
+from . import Client as BaseClient
+from . import DeadLetter, Reserved, dsn_options
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OPTIONS: dict[str, float | str] = {
+    "lease": 60.0,
+    "prefix": "alligator",
+    "db": "",
+    "socket_timeout": 5.0,
+    "ssl_ca_certs": "",
+    "ssl_certfile": "",
+    "ssl_keyfile": "",
+    "ssl_cert_reqs": "required",
+}
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+#: Longest single wait on the server, so due delayed tasks pushed meanwhile start on time.
+MAX_BLOCK = 1.0
+#: Redis reads a blocking timeout of 0 as "forever"; never send less than this.
+MIN_BLOCK = 0.01
+#: Delayed tasks moved to the queue per script call, to keep each call short.
+PROMOTE_BATCH = 1000
+#: Consumers checked per ``requeue_expired`` script call.
+SWEEP_BATCH = 200
+
+# Shared by the scripts: the server's clock, in epoch seconds.
+_NOW = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS: ready, delayed, data. ARGV: id, payload, due ('' for none).
+_PUSH = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' and tonumber(ARGV[3]) > now() then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+end
+return 1
+"""
+)
+
+# KEYS: ready, delayed, data, inflight, lease, consumers. ARGV: consumer, lease ms, batch.
+# Returns {id, payload}, or the milliseconds until the next delayed task is due (-1: none).
+_RESERVE = (
+    _NOW
+    + """
+local t = now()
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', t, 'LIMIT', 0, tonumber(ARGV[3]))
+if #due > 0 then
+  redis.call('ZREM', KEYS[2], unpack(due))
+  redis.call('RPUSH', KEYS[1], unpack(due))
+end
+-- Registered and leased before anything enters its in-flight list, so a sweep finds it.
+redis.call('SADD', KEYS[6], ARGV[1])
+redis.call('SET', KEYS[5], '1', 'PX', ARGV[2])
+while true do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[4], 'LEFT', 'LEFT')
+  if not id then break end
+  local data = redis.call('HGET', KEYS[3], id)
+  if data then return {id, data} end
+  -- An id whose payload is gone (a duplicate of a finished task): drop it.
+  redis.call('LPOP', KEYS[4])
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if nxt[2] then return math.max(0, math.ceil((tonumber(nxt[2]) - t) * 1000)) end
+return -1
+"""
+)
+
+# Runs right after a BLMOVE in the same pipeline: the task it moved is at the head.
+# KEYS: inflight, data, lease, consumers. ARGV: consumer, lease ms.
+_FETCH = """
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return nil end
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+return {id, redis.call('HGET', KEYS[2], id)}
+"""
+
+# KEYS: inflight, data. ARGV: id.
+_ACK = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: inflight, data, ready, delayed. ARGV: id, payload, due ('' for none).
+_RETRY = (
+    _NOW
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  -- No longer ours (its lease lapsed and it was requeued): update it where it is.
+  if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  end
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' and tonumber(ARGV[3]) > now() then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[3], ARGV[1])
+end
+return 1
+"""
+)
+
+# KEYS: ready, inflight, lease, consumers. ARGV: consumer.
+# The newest in-flight task moves first, so the oldest ends up at the very front.
+_REQUEUE_INFLIGHT = """
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'LEFT') do n = n + 1 end
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+return n
+"""
+
+# KEYS: ready, consumers, then (inflight, lease) per consumer. ARGV: the consumers.
+_REQUEUE_EXPIRED = """
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[2 * i + 2]) == 0 then
+    while redis.call('LMOVE', KEYS[2 * i + 1], KEYS[1], 'LEFT', 'LEFT') do n = n + 1 end
+    redis.call('SREM', KEYS[2], ARGV[i])
+  end
+end
+return n
+"""
+
+# KEYS: ready, inflight. ARGV: the ids the client handed out (and so must stay).
+_RELEASE_UNKNOWN = """
+local known = {}
+for i = 1, #ARGV do known[ARGV[i]] = true end
+local n = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if not known[id] then
+    redis.call('LREM', KEYS[2], 1, id)
+    redis.call('LPUSH', KEYS[1], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: ready, delayed, data, inflight, lease, consumers. ARGV: id, consumer, lease ms.
+_GET = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return nil
+end
+local data = redis.call('HGET', KEYS[3], ARGV[1])
+if not data then return nil end
+redis.call('SADD', KEYS[6], ARGV[2])
+redis.call('SET', KEYS[5], '1', 'PX', ARGV[3])
+redis.call('LPUSH', KEYS[4], ARGV[1])
+return data
+"""
+
+# KEYS: ready, delayed, data. ARGV: id.
+_CANCEL = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+  return nil
+end
+local data = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return data
+"""
+
+# KEYS: ready, delayed, data. In slices: Lua's unpack() has a small argument limit.
+_DROP_ALL = """
+local function forget(ids)
+  if #ids > 0 then redis.call('HDEL', KEYS[3], unpack(ids)) end
+  return #ids
+end
+local start = 0
+while forget(redis.call('LRANGE', KEYS[1], start, start + 999)) > 0 do start = start + 1000 end
+start = 0
+while forget(redis.call('ZRANGE', KEYS[2], start, start + 999)) > 0 do start = start + 1000 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+# KEYS: inflight, data, dead order, dead. ARGV: id, record, '1' when a consumer holds it.
+_ADD_DEAD_LETTER = """
+if ARGV[3] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: ready, data, dead order, dead. ARGV: '1' for all, or '0' then the ids.
+_REQUEUE_DEAD_LETTERS = """
+local ids
+if ARGV[1] == '1' then
+  ids = redis.call('LRANGE', KEYS[3], 0, -1)
+else
+  ids = {}
+  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+local n = 0
+for _, id in ipairs(ids) do
+  local record = redis.call('HGET', KEYS[4], id)
+  if record then
+    redis.call('HSET', KEYS[2], id, cjson.decode(record)['data'])
+    redis.call('RPUSH', KEYS[1], id)
+    redis.call('HDEL', KEYS[4], id)
+    if ARGV[1] ~= '1' then redis.call('LREM', KEYS[3], 1, id) end
+    n = n + 1
+  end
+end
+if ARGV[1] == '1' then redis.call('DEL', KEYS[3]) end
+return n
+"""
+
+# KEYS: dead order, dead.
+_PURGE_DEAD_LETTERS = """
+local n = redis.call('HLEN', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return n
+"""
+
+
+class _Keys:
+    """The key names of one queue: all share the ``{queue}`` hash tag."""
+
+    def __init__(self, prefix: str, queue_name: str) -> None:
+        base = f"{prefix}:{{{queue_name}}}:"
+        self.base = base
+        self.ready = base + "ready"
+        self.delayed = base + "delayed"
+        self.data = base + "data"
+        self.consumers = base + "consumers"
+        self.dead_order = base + "dead:order"
+        self.dead = base + "dead"
+
+    def inflight(self, consumer_id: str) -> str:
+        return f"{self.base}inflight:{consumer_id}"
+
+    def lease(self, consumer_id: str) -> str:
+        return f"{self.base}lease:{consumer_id}"
+
+
+def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dict, str]:
+    """Turns a DSN into redis-py keyword arguments, and a password-free place for messages."""
+    try:
+        parts = urlsplit(conn_string)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidDSNError(f"DSN {conn_string!r} is malformed: {exc}.") from None
+    scheme = parts.scheme.lower()
+    settings: dict[str, Any] = {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+    path = unquote(parts.path)
+    db = options["db"]
+    if scheme == "unix":
+        if not path or path == "/":
+            raise InvalidDSNError(
+                f"DSN {conn_string!r} names no socket; write 'unix:///path/to/redis.sock?db=0'."
+            )
+        settings["unix_socket_path"] = path
+        where = f"unix://{path}"
+    else:
+        host = parts.hostname or "localhost"
+        port = port or 6379
+        settings.update(host=host, port=port)
+        where = f"{scheme}://{host}:{port}"
+        if path.strip("/"):
+            if db:
+                raise InvalidDSNError(
+                    f"DSN {conn_string!r} names the database twice (path and ?db=); keep one."
+                )
+            db = path.strip("/")
+    if db == "":
+        db = "0"
+    if not db.isdigit():
+        raise InvalidDSNError(
+            f"Database {db!r} in DSN {conn_string!r} is not a number; e.g. 'redis://host:6379/0'."
+        )
+    settings["db"] = int(db)
+    where = f"{where}/{int(db)}" if scheme != "unix" else f"{where}?db={int(db)}"
+
+    given_tls = [name for name in TLS_OPTIONS if name in parse_qs(parts.query)]
+    if scheme == "rediss":
+        cert_reqs = options["ssl_cert_reqs"]
+        if cert_reqs not in ("required", "optional", "none"):
+            raise InvalidDSNError(
+                f"Option ssl_cert_reqs={cert_reqs!r} in DSN {conn_string!r} must be "
+                "'required', 'optional' or 'none'."
+            )
+        settings.update(
+            ssl=True,
+            ssl_cert_reqs=cert_reqs,
+            ssl_check_hostname=cert_reqs != "none",
+            ssl_ca_certs=options["ssl_ca_certs"] or None,
+            ssl_certfile=options["ssl_certfile"] or None,
+            ssl_keyfile=options["ssl_keyfile"] or None,
+        )
+    elif given_tls:
+        raise InvalidDSNError(
+            f"Option {given_tls[0]} in DSN {conn_string!r} needs TLS: use 'rediss://'."
+        )
+    return settings, where
+
+
+class Client(BaseClient):
+    """
+    The Redis backend.
+
+    Ex::
+
+        client = Client('redis://localhost:6379/0?lease=30&prefix=myapp')
+        client.push('emails', task.task_id, task.serialize())
+
+    :param conn_string: ``redis://``, ``rediss://`` or ``unix://`` DSN (see the module)
+    """
+
+    def __init__(self, conn_string: str) -> None:
+        super().__init__(conn_string)
+        options = dsn_options(conn_string, OPTIONS)
+        settings, self.where = _connection_settings(conn_string, options)
+        self.lease = float(options["lease"])
+        self.prefix = str(options["prefix"])
+        self.socket_timeout = float(options["socket_timeout"])
+        self._lease_ms = max(1, int(self.lease * 1000))
+        # Every wait on the server ends well inside the socket timeout (or it would read
+        # as a dead server) and inside the lease (so a blocked consumer keeps its tasks).
+        self._block_cap = min(MAX_BLOCK, self.socket_timeout / 2, self.lease / 2)
+        self._redis = redis.Redis(
+            **settings,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+            decode_responses=True,
+            # A blind retry could run a script twice; the Worker backs off and tries again.
+            retry=Retry(NoBackoff(), 0),
+        )
+        register = self._redis.register_script
+        self._push = register(_PUSH)
+        self._reserve = register(_RESERVE)
+        self._fetch = register(_FETCH)
+        self._ack = register(_ACK)
+        self._retry = register(_RETRY)
+        self._requeue_inflight = register(_REQUEUE_INFLIGHT)
+        self._requeue_expired = register(_REQUEUE_EXPIRED)
+        self._release_unknown = register(_RELEASE_UNKNOWN)
+        self._get = register(_GET)
+        self._cancel = register(_CANCEL)
+        self._drop_all = register(_DROP_ALL)
+        self._add_dead_letter = register(_ADD_DEAD_LETTER)
+        self._requeue_dead_letters = register(_REQUEUE_DEAD_LETTERS)
+        self._purge_dead_letters = register(_PURGE_DEAD_LETTERS)
+        # What this client handed out and not yet settled, per (queue, consumer); and the
+        # pairs whose last reply was lost, so Redis may hold tasks the caller never saw.
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], set[str]] = {}
+        self._unsure: set[tuple[str, str]] = set()
+
+    def keys(self, queue_name: str) -> _Keys:
+        """
+        Returns the key names of a queue.
+
+        Ex::
+
+            client.keys('emails').ready  # 'alligator:{emails}:ready'
+        """
+        return _Keys(self.prefix, queue_name)
+
+    def _call(
+        self, what: str, operation: Callable[[], T], owner: tuple[str, str] | None = None
+    ) -> T:
+        """
+        Runs ``operation``, turning redis-py errors into ``BackendError``.
+
+        Nothing is retried here: a retried script could run twice. (redis-py itself replaces
+        a pooled connection the server closed, e.g. after a restart, before using it.) With
+        ``owner``, any failure means a reply with a task in it may have been lost.
+        """
+        try:
+            return operation()
+        except redis.RedisError as exc:
+            if owner is not None:
+                with self._lock:
+                    self._unsure.add(owner)
+            raise BackendError(f"Redis at {self.where} failed to {what}: {exc}") from exc
+
+    def _hand_out(self, owner: tuple[str, str], task_id: str, data: str) -> Reserved:
+        with self._lock:
+            self._held.setdefault(owner, set()).add(task_id)
+        return Reserved(task_id, data)
+
+    def _settle(self, owner: tuple[str, str], task_id: str) -> None:
+        # Forgotten before the call: if the call fails, the task counts as unknown and a
+        # later reserve returns it to the queue instead of leaving it with a live consumer.
+        with self._lock:
+            held = self._held.get(owner)
+            if held is not None:
+                held.discard(task_id)
+                if not held:
+                    del self._held[owner]
+
+    def push(self, queue_name, task_id, data, delay_until=None):
+        keys = self.keys(queue_name)
+        due = "" if delay_until is None else repr(float(delay_until))
+        push_keys = [keys.ready, keys.delayed, keys.data]
+        self._call(
+            f"store task {task_id} in queue {queue_name!r}",
+            lambda: self._push(keys=push_keys, args=[task_id, data, due]),
+        )
+        return task_id
+
+    def reserve(self, queue_name, consumer_id, timeout=0.0, poll_interval=0.1):
+        keys = self.keys(queue_name)
+        owner = (queue_name, consumer_id)
+        what = f"reserve a task from queue {queue_name!r}"
+        deadline = time.monotonic() + max(0.0, timeout)
+        if owner in self._unsure:
+            self._call(what, lambda: self._release(keys, owner), owner)
+        reserve_keys = [
+            keys.ready,
+            keys.delayed,
+            keys.data,
+            keys.inflight(consumer_id),
+            keys.lease(consumer_id),
+            keys.consumers,
+        ]
+        reserve_args = [consumer_id, self._lease_ms, PROMOTE_BATCH]
+        while True:
+            found = self._call(
+                what, lambda: self._reserve(keys=reserve_keys, args=reserve_args), owner
+            )
+            if isinstance(found, list):
+                return self._hand_out(owner, found[0], found[1])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(remaining, self._block_cap)
+            if found >= 0:
+                wait = min(wait, found / 1000)
+            wait = max(wait, MIN_BLOCK)
+            got = self._call(
+                what, lambda wait=wait: self._wait_for_task(keys, consumer_id, wait), owner
+            )
+            if got is not None:
+                return self._hand_out(owner, got.task_id, got.data)
+
+    def _wait_for_task(self, keys: _Keys, consumer_id: str, seconds: float) -> Reserved | None:
+        """
+        Blocks on the server until a task arrives or ``seconds`` pass.
+
+        BLMOVE cannot also read the payload or renew the lease, so the fetch script rides in
+        the same pipeline: Redis runs it right after the move, in one round trip.
+        """
+        inflight, lease = keys.inflight(consumer_id), keys.lease(consumer_id)
+        fetch_keys = [inflight, keys.data, lease, keys.consumers]
+        fetch_args = [consumer_id, self._lease_ms]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.blmove(keys.ready, inflight, seconds, "LEFT", "LEFT")
+        pipe.evalsha(self._fetch.sha, len(fetch_keys), *fetch_keys, *fetch_args)
+        moved, fetched = pipe.execute(raise_on_error=False)
+        if isinstance(moved, Exception):
+            raise moved
+        if moved is None:
+            return None
+        if isinstance(fetched, redis.exceptions.NoScriptError):  # e.g. a restarted server
+            fetched = self._fetch(keys=fetch_keys, args=fetch_args)
+        elif isinstance(fetched, Exception):
+            raise fetched
+        if not fetched or fetched[0] != moved:
+            return None  # taken back by a sweep in between: it waits in the queue again
+        if len(fetched) < 2 or fetched[1] is None:
+            self._redis.lrem(inflight, 1, moved)  # a duplicate id whose payload is gone
+            return None
+        return Reserved(moved, fetched[1])
+
+    def _release(self, keys: _Keys, owner: tuple[str, str]) -> None:
+        with self._lock:
+            known = sorted(self._held.get(owner, ()))
+        released = self._release_unknown(keys=[keys.ready, keys.inflight(owner[1])], args=known)
+        with self._lock:
+            self._unsure.discard(owner)
+        if released:
+            log.warning(
+                "Returned %d task(s) to the front of queue %r whose reservation reply was lost.",
+                released,
+                owner[0],
+            )
+
+    def ack(self, queue_name, task_id, consumer_id):
+        keys = self.keys(queue_name)
+        owner = (queue_name, consumer_id)
+        self._settle(owner, task_id)
+        self._call(
+            f"ack task {task_id} of queue {queue_name!r}",
+            lambda: self._ack(keys=[keys.inflight(consumer_id), keys.data], args=[task_id]),
+            owner,
+        )
+
+    def retry(self, queue_name, task_id, consumer_id, data, delay_until=None):
+        keys = self.keys(queue_name)
+        owner = (queue_name, consumer_id)
+        due = "" if delay_until is None else repr(float(delay_until))
+        retry_keys = [keys.inflight(consumer_id), keys.data, keys.ready, keys.delayed]
+        self._settle(owner, task_id)
+        self._call(
+            f"retry task {task_id} of queue {queue_name!r}",
+            lambda: self._retry(keys=retry_keys, args=[task_id, data, due]),
+            owner,
+        )
+        return task_id
+
+    def requeue_inflight(self, queue_name, consumer_id):
+        keys = self.keys(queue_name)
+        requeue_keys = [
+            keys.ready,
+            keys.inflight(consumer_id),
+            keys.lease(consumer_id),
+            keys.consumers,
+        ]
+        count = self._call(
+            f"requeue the tasks of {consumer_id} in queue {queue_name!r}",
+            lambda: self._requeue_inflight(keys=requeue_keys, args=[consumer_id]),
+        )
+        with self._lock:
+            self._held.pop((queue_name, consumer_id), None)
+            self._unsure.discard((queue_name, consumer_id))
+        return count
+
+    def keepalive(self, queue_name, consumer_id):
+        lease_key = self.keys(queue_name).lease(consumer_id)
+        self._call(
+            f"renew the lease of {consumer_id} in queue {queue_name!r}",
+            lambda: self._redis.set(lease_key, 1, px=self._lease_ms),
+        )
+
+    def requeue_expired(self, queue_name):
+        keys = self.keys(queue_name)
+        what = f"requeue expired tasks of queue {queue_name!r}"
+        consumers = sorted(self._call(what, lambda: self._redis.smembers(keys.consumers)))
+        count = 0
+        for start in range(0, len(consumers), SWEEP_BATCH):
+            batch = consumers[start : start + SWEEP_BATCH]
+            sweep_keys = [keys.ready, keys.consumers]
+            for consumer_id in batch:
+                sweep_keys += [keys.inflight(consumer_id), keys.lease(consumer_id)]
+            count += self._call(
+                what,
+                lambda sweep_keys=sweep_keys, batch=batch: self._requeue_expired(
+                    keys=sweep_keys, args=batch
+                ),
+            )
+        return count
+
+    def get(self, queue_name, task_id, consumer_id):
+        keys = self.keys(queue_name)
+        owner = (queue_name, consumer_id)
+        get_keys = [
+            keys.ready,
+            keys.delayed,
+            keys.data,
+            keys.inflight(consumer_id),
+            keys.lease(consumer_id),
+            keys.consumers,
+        ]
+        data = self._call(
+            f"take task {task_id} from queue {queue_name!r}",
+            lambda: self._get(keys=get_keys, args=[task_id, consumer_id, self._lease_ms]),
+            owner,
+        )
+        return None if data is None else self._hand_out(owner, task_id, data)
+
+    def cancel(self, queue_name, task_id):
+        keys = self.keys(queue_name)
+        return self._call(
+            f"cancel task {task_id} of queue {queue_name!r}",
+            lambda: self._cancel(keys=[keys.ready, keys.delayed, keys.data], args=[task_id]),
+        )
+
+    def len(self, queue_name):
+        keys = self.keys(queue_name)
+
+        def count() -> int:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.llen(keys.ready)
+            pipe.zcard(keys.delayed)
+            return sum(pipe.execute())
+
+        return self._call(f"count the tasks of queue {queue_name!r}", count)
+
+    def drop_all(self, queue_name):
+        keys = self.keys(queue_name)
+        self._call(
+            f"empty queue {queue_name!r}",
+            lambda: self._drop_all(keys=[keys.ready, keys.delayed, keys.data]),
+        )
+
+    def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
+        keys = self.keys(queue_name)
+        record = json.dumps(
+            {"data": data, "error": error, "failed_at": time.time()}, ensure_ascii=False
+        )
+        owner = None if consumer_id is None else (queue_name, consumer_id)
+        if owner is not None:
+            self._settle(owner, task_id)
+        dead_keys = [keys.inflight(consumer_id or ""), keys.data, keys.dead_order, keys.dead]
+        held = "0" if consumer_id is None else "1"
+        self._call(
+            f"store dead letter {task_id} of queue {queue_name!r}",
+            lambda: self._add_dead_letter(keys=dead_keys, args=[task_id, record, held]),
+            owner,
+        )
+
+    def list_dead_letters(self, queue_name):
+        keys = self.keys(queue_name)
+
+        def read() -> list:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.lrange(keys.dead_order, 0, -1)
+            pipe.hgetall(keys.dead)
+            return pipe.execute()
+
+        order, records = self._call(f"list the dead letters of queue {queue_name!r}", read)
+        dead = []
+        for task_id in order:
+            if task_id in records:
+                record = json.loads(records[task_id])
+                dead.append(
+                    DeadLetter(task_id, record["data"], record["error"], record["failed_at"])
+                )
+        return dead
+
+    def requeue_dead_letters(self, queue_name, task_ids=None):
+        keys = self.keys(queue_name)
+        args = ["1"] if task_ids is None else ["0", *task_ids]
+        dead_keys = [keys.ready, keys.data, keys.dead_order, keys.dead]
+        return self._call(
+            f"requeue the dead letters of queue {queue_name!r}",
+            lambda: self._requeue_dead_letters(keys=dead_keys, args=args),
+        )
+
+    def purge_dead_letters(self, queue_name):
+        keys = self.keys(queue_name)
+        return self._call(
+            f"purge the dead letters of queue {queue_name!r}",
+            lambda: self._purge_dead_letters(keys=[keys.dead_order, keys.dead]),
+        )
+
+    def close(self):
+        self._redis.close()

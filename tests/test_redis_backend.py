@@ -1,0 +1,564 @@
+"""The Redis backend beyond the shared contract: DSNs, key layout, blocking, leases, faults."""
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis as redispy
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.retry import Retry
+
+from alligator.backends.redis_backend import Client
+from alligator.exceptions import BackendError, InvalidDSNError
+from alligator.gator import Gator
+
+from . import tasks
+from .servers import ServerProcess, free_port, redis_server, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CONSUMER = "test-host:1:consumer"
+OTHER = "test-host:2:other"
+
+# Holds the server for ``ARGV[1]`` milliseconds: replies to others queue up meanwhile.
+BUSY_SCRIPT = """
+local function ms() local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000 end
+local start = ms()
+while ms() - start < tonumber(ARGV[1]) do end
+return 1
+"""
+
+
+def dsn_for(server, db=0, **options) -> str:
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"redis://{server.host}:{server.port}/{db}" + (f"?{query}" if query else "")
+
+
+def raw(server, db=0, **kwargs) -> redispy.Redis:
+    return redispy.Redis(server.host, server.port, db=db, decode_responses=True, **kwargs)
+
+
+@pytest.fixture
+def prefix():
+    return f"test{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def client(redis, prefix):
+    client = Client(dsn_for(redis, prefix=prefix))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue_name():
+    return f"q{uuid.uuid4().hex[:12]}"
+
+
+class CommandLog:
+    """What clients send a server, read with MONITOR (commands run by scripts left out)."""
+
+    def __init__(self, server, db: int) -> None:
+        self.db = db
+        self._talk = raw(server, db)
+        self._talk.ping()  # connected now, so its handshake is not logged
+        self._monitor = raw(server, db, socket_timeout=10).monitor()
+
+    def __enter__(self) -> "CommandLog":
+        self._monitor.__enter__()  # MONITOR is on once this returns
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._monitor.__exit__(*exc_info)
+
+    def read(self) -> list[str]:
+        """The commands sent since the last read."""
+        marker = f"ECHO end-{uuid.uuid4().hex}"
+        self._talk.execute_command(*marker.split())
+        commands = []
+        while True:
+            entry = self._monitor.next_command()
+            if entry["command"] == marker:
+                return commands
+            if entry["client_type"] != "lua" and entry["db"] == self.db:
+                commands.append(entry["command"])
+
+
+def names(commands: list[str]) -> list[str]:
+    return [command.split()[0].upper() for command in commands]
+
+
+# DSN forms and options.
+
+
+def test_defaults_and_options_from_the_dsn():
+    client = Client("redis://localhost:6379/0")
+    assert (client.lease, client.prefix, client.socket_timeout) == (60.0, "alligator", 5.0)
+    assert client.keys("emails").ready == "alligator:{emails}:ready"
+    client = Client("redis://localhost/3?lease=2.5&prefix=shop&socket_timeout=1.5")
+    assert (client.lease, client.prefix, client.socket_timeout) == (2.5, "shop", 1.5)
+    assert client.keys("emails").inflight("c1") == "shop:{emails}:inflight:c1"
+    assert client.where == "redis://localhost:6379/3"
+    # The password stays out of every message.
+    assert "secret" not in Client("redis://user:secret@localhost:6379/0").where
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        ("redis://localhost/0?colour=blue", "Unknown option 'colour'"),
+        ("redis://localhost/0?lease=0", "must be a number > 0"),
+        ("redis://localhost/0?prefix=", "is empty"),
+        ("redis://localhost/zero", "is not a number"),
+        ("redis://localhost/1?db=2", "names the database twice"),
+        ("redis://localhost:port/0", "is malformed"),
+        ("unix://", "names no socket"),
+        ("unix:///tmp/redis.sock?db=x", "is not a number"),
+        ("redis://localhost/0?ssl_ca_certs=/ca.pem", "needs TLS: use 'rediss://'"),
+        ("rediss://localhost/0?ssl_cert_reqs=maybe", "must be 'required', 'optional'"),
+    ],
+)
+def test_bad_dsns_are_refused_with_one_clear_sentence(dsn, message):
+    with pytest.raises(InvalidDSNError, match=message):
+        Client(dsn)
+
+
+def test_user_password_and_database_in_the_dsn(redis, queue_name):
+    user, password = f"u{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = raw(redis)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys="*", commands=["+@all"])
+    try:
+        client = Client(f"redis://{user}:{password}@{redis.host}:{redis.port}/5?prefix=dsn")
+        client.push(queue_name, "t", "payload")
+        assert raw(redis, db=5).hexists(client.keys(queue_name).data, "t")
+        assert client.reserve(queue_name, CONSUMER).data == "payload"
+        client.ack(queue_name, "t", CONSUMER)
+
+        wrong = Client(f"redis://{user}:wrong@{redis.host}:{redis.port}/5")
+        with pytest.raises(BackendError) as refused:
+            wrong.len(queue_name)
+        assert isinstance(refused.value.__cause__, redispy.AuthenticationError)
+        assert "wrong" not in str(refused.value)
+    finally:
+        admin.acl_deluser(user)
+
+
+def test_unix_socket_dsn(tmp_path, queue_name):
+    server = redis_server(tmp_path)
+    socket_path = tmp_path / "redis.sock"
+    server.argv += ["--unixsocket", str(socket_path), "--unixsocketperm", "700"]
+    server.start()
+    try:
+        client = Client(f"unix://{socket_path}?db=3")
+        client.push(queue_name, "t", "over the socket")
+        assert raw(server, db=3).llen(client.keys(queue_name).ready) == 1
+        assert client.reserve(queue_name, CONSUMER, timeout=1).data == "over the socket"
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_tls_dsn(tmp_path, queue_name):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    args = ["--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    args += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--dir", str(tmp_path)]
+    server = ServerProcess("redis-server", args, port, tmp_path)
+    server.start()
+    try:
+        client = Client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
+        client.push(queue_name, "t", "encrypted")
+        assert client.reserve(queue_name, CONSUMER, timeout=1).data == "encrypted"
+
+        # The certificate is checked: without its CA the connection is refused.
+        with pytest.raises(BackendError, match="certificate verify failed"):
+            Client(f"rediss://127.0.0.1:{port}/0").len(queue_name)
+        assert Client(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none").len(queue_name) == 0
+    finally:
+        server.stop()
+
+
+# Key layout.
+
+
+def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
+    db = 12
+    admin = raw(redis, db)
+    admin.flushdb()  # this db belongs to this test
+    queues = ["emails", "reports.daily:v2"]
+    default = Client(dsn_for(redis, db, lease=30))
+    custom = Client(dsn_for(redis, db, prefix="shop"))
+    task_ids = set()
+    for client in (default, custom):
+        for queue_name in queues:
+            ids = [f"{queue_name}-{n}" for n in range(4)]
+            task_ids.update(ids)
+            for task_id in ids[:3]:
+                client.push(queue_name, task_id, "payload")
+            client.push(queue_name, ids[3], "later", delay_until=time.time() + 60)
+            client.reserve(queue_name, CONSUMER)
+            client.keepalive(queue_name, CONSUMER)
+            client.get(queue_name, ids[1], OTHER)
+            client.add_dead_letter(queue_name, ids[1], "payload", "boom", OTHER)
+            client.retry(queue_name, ids[0], CONSUMER, "again", delay_until=time.time() + 60)
+            client.requeue_expired(queue_name)
+
+    keys = admin.keys("*")
+    assert keys
+    by_queue: dict[tuple[str, str], set[int]] = {}
+    for key in keys:
+        owner = [
+            (prefix, queue_name)
+            for prefix in ("alligator", "shop")
+            for queue_name in queues
+            if key.startswith(f"{prefix}:{{{queue_name}}}:")
+        ]
+        assert len(owner) == 1, f"{key!r} is not under a prefix and queue hash tag"
+        by_queue.setdefault(owner[0], set()).add(key_slot(key.encode()))
+        assert key not in task_ids
+    assert len(by_queue) == 4
+    # One Redis Cluster slot per queue: its scripts never cross slots.
+    assert all(len(slots) == 1 for slots in by_queue.values())
+
+
+# Round trips and blocking.
+
+
+def test_hot_path_is_one_command_per_call(redis, client, queue_name):
+    client.push(queue_name, "warm", "up")  # loads the scripts once
+    client.reserve(queue_name, CONSUMER)
+    client.ack(queue_name, "warm", CONSUMER)
+    with CommandLog(redis, 0) as sent:
+        client.push(queue_name, "t", "payload")
+        assert names(sent.read()) == ["EVALSHA"]
+        assert client.reserve(queue_name, CONSUMER, timeout=1).task_id == "t"
+        assert names(sent.read()) == ["EVALSHA"]
+        client.ack(queue_name, "t", CONSUMER)
+        assert names(sent.read()) == ["EVALSHA"]
+        client.keepalive(queue_name, CONSUMER)
+        assert names(sent.read()) == ["SET"]
+
+
+def test_idle_reserve_waits_on_the_server_not_in_a_polling_loop(redis, client, queue_name):
+    client.reserve(queue_name, CONSUMER)  # loads the scripts once
+    with CommandLog(redis, 0) as sent:
+        started = time.monotonic()
+        assert client.reserve(queue_name, CONSUMER, timeout=2.0) is None
+        assert time.monotonic() - started >= 1.9
+        commands = names(sent.read())
+    # Per second at most: one reserve script, one BLMOVE, one fetch riding with it.
+    assert "BLMOVE" in commands
+    assert len(commands) <= 8, commands
+
+
+def test_idle_waits_stay_inside_a_short_socket_timeout(redis, prefix, queue_name):
+    client = Client(dsn_for(redis, prefix=prefix, socket_timeout=0.4))
+    # Each wait on the server must end before the socket gives up on its reply.
+    assert client.reserve(queue_name, CONSUMER, timeout=1.5) is None
+
+
+def test_idle_reserve_gets_a_pushed_task_at_once(redis, client, queue_name):
+    producer = Client(dsn_for(redis, prefix=client.prefix))
+    got = {}
+
+    def consume():
+        got["task"] = client.reserve(queue_name, CONSUMER, timeout=5)
+        got["at"] = time.monotonic()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    admin = raw(redis)
+    wait_for(
+        lambda: any(c["cmd"] == "blmove" for c in admin.client_list()),
+        message="the reserve to block on the server",
+    )
+    pushed_at = time.monotonic()
+    producer.push(queue_name, "t", "payload")
+    consumer.join(10)
+    assert got["task"].task_id == "t"
+    # About one round trip; the bound only rules out waiting out a timeout or a poll.
+    assert got["at"] - pushed_at < 0.1
+
+
+def test_delayed_task_starts_on_time_while_reserve_is_blocked(redis, client, queue_name):
+    producer = Client(dsn_for(redis, prefix=client.prefix))
+    got = {}
+
+    def consume():
+        got["task"] = client.reserve(queue_name, CONSUMER, timeout=5)
+        got["at"] = time.time()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    admin = raw(redis)
+    wait_for(lambda: any(c["cmd"] == "blmove" for c in admin.client_list()))
+    # Pushed after the consumer started waiting: no new push will wake it.
+    due = time.time() + 0.6
+    producer.push(queue_name, "later", "payload", delay_until=due)
+    consumer.join(10)
+    assert got["task"].task_id == "later"
+    assert due <= got["at"] < due + 1.2
+
+
+def test_reserve_wakes_for_a_known_delayed_task_at_its_time(client, queue_name):
+    due = time.time() + 0.4
+    client.push(queue_name, "later", "payload", delay_until=due)
+    # The wait on the server ends when the task is due, not when a whole slice is over.
+    assert client.reserve(queue_name, CONSUMER, timeout=5).task_id == "later"
+    assert due <= time.time() < due + 0.3
+
+
+# Leases, requeues and the lost-reply rescue.
+
+
+def test_requeued_tasks_go_to_the_front_oldest_first(redis, prefix, queue_name):
+    client = Client(dsn_for(redis, prefix=prefix, lease=0.3))
+    for n in range(4):
+        client.push(queue_name, f"t{n}", f"p{n}")
+    for _ in range(3):
+        client.reserve(queue_name, CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER) == 3
+    order = [client.reserve(queue_name, OTHER).task_id for _ in range(4)]
+    assert order == ["t0", "t1", "t2", "t3"]
+
+    client.push(queue_name, "t4", "p4")
+    # OTHER never renews its lease: the sweep returns its four tasks ahead of t4.
+    wait_for(lambda: client.requeue_expired(queue_name) == 4, message="OTHER's lease to end")
+    order = [client.reserve(queue_name, CONSUMER).task_id for _ in range(5)]
+    assert order == ["t0", "t1", "t2", "t3", "t4"]
+
+
+def test_a_lost_reserve_reply_does_not_strand_the_task(redis, prefix, queue_name):
+    client = Client(dsn_for(redis, prefix=prefix, socket_timeout=0.3))
+    client.push(queue_name, "kept", "p0")
+    client.push(queue_name, "lost", "p1")
+    assert client.reserve(queue_name, CONSUMER).task_id == "kept"
+
+    admin = raw(redis)
+    probe = raw(redis, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    busy = threading.Thread(target=lambda: admin.eval(BUSY_SCRIPT, 0, 1000))
+    busy.start()
+
+    def server_is_busy():
+        try:
+            probe.ping()
+        except redispy.TimeoutError:
+            return True
+        return False
+
+    wait_for(server_is_busy, message="the server to be busy")
+    with pytest.raises(BackendError, match="Timeout"):
+        client.reserve(queue_name, CONSUMER)
+    busy.join(10)
+    # The server ran the reserve after all: the task sits with a live consumer that never
+    # saw it, and whose lease its heartbeat would keep renewing.
+    inflight = client.keys(queue_name).inflight(CONSUMER)
+    wait_for(lambda: raw(redis).lrange(inflight, 0, -1) == ["lost", "kept"])
+
+    assert client.reserve(queue_name, CONSUMER).task_id == "lost"
+    # The task the caller did get stays with it.
+    assert client.requeue_inflight(queue_name, CONSUMER) == 2
+
+
+def test_one_client_shared_by_a_consumer_and_its_heartbeat(redis, prefix, queue_name):
+    client = Client(dsn_for(redis, prefix=prefix, lease=0.5))
+    count = 300
+    for n in range(count):
+        client.push(queue_name, f"t{n}", f"p{n}")
+    done = threading.Event()
+    errors = []
+
+    def heartbeat():
+        while not done.is_set():
+            try:
+                client.keepalive(queue_name, CONSUMER)
+                client.keepalive(queue_name, OTHER)
+                client.requeue_expired(queue_name)
+            except Exception as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+    def consume(consumer_id, seen):
+        while (reserved := client.reserve(queue_name, consumer_id, timeout=0.2)) is not None:
+            seen.append(reserved.task_id)
+            client.ack(queue_name, reserved.task_id, consumer_id)
+
+    beat = threading.Thread(target=heartbeat)
+    beat.start()
+    seen_here, seen_there = [], []
+    other = threading.Thread(target=consume, args=(OTHER, seen_there))
+    other.start()
+    consume(CONSUMER, seen_here)
+    other.join(30)
+    done.set()
+    beat.join(10)
+    assert errors == []
+    assert sorted(seen_here + seen_there) == sorted(f"t{n}" for n in range(count))
+    assert client.len(queue_name) == 0
+    assert raw(redis).hlen(client.keys(queue_name).data) == 0
+
+
+def test_drop_all_keeps_inflight_and_dead_letters(redis, client, queue_name):
+    client.push(queue_name, "running", "p")
+    client.reserve(queue_name, CONSUMER)
+    client.add_dead_letter(queue_name, "dead", "d", "boom")
+    pipe = raw(redis).pipeline()
+    keys = client.keys(queue_name)
+    for n in range(2500):  # more than one slice of the script
+        pipe.hset(keys.data, f"t{n}", "p").rpush(keys.ready, f"t{n}")
+    pipe.execute()
+    client.push(queue_name, "later", "p", delay_until=time.time() + 60)
+    client.drop_all(queue_name)
+    assert client.len(queue_name) == 0
+    assert raw(redis).hkeys(keys.data) == ["running"]
+    client.ack(queue_name, "running", CONSUMER)
+    assert [d.task_id for d in client.list_dead_letters(queue_name)] == ["dead"]
+
+
+def test_dead_letters_keep_any_text(client, queue_name):
+    payload = '{"args": ["h\u00e9llo \u2713 \U0001f40a", "a\\"quote"]}'
+    client.add_dead_letter(queue_name, "t", payload, "ValueError: caf\u00e9")
+    [dead] = client.list_dead_letters(queue_name)
+    assert (dead.data, dead.error) == (payload, "ValueError: caf\u00e9")
+    assert client.requeue_dead_letters(queue_name) == 1
+    assert client.reserve(queue_name, CONSUMER).data == payload
+
+
+def test_a_duplicate_id_never_yields_a_task_without_payload(client, queue_name):
+    client.push(queue_name, "same", "first")
+    client.push(queue_name, "same", "second")
+    assert client.reserve(queue_name, CONSUMER).data == "second"
+    client.ack(queue_name, "same", CONSUMER)
+    assert client.reserve(queue_name, CONSUMER) is None
+
+
+def test_gator_on_redis(redis, prefix, queue_name, tmp_path):
+    gator = Gator(dsn_for(redis, prefix=prefix), queue_name=queue_name)
+    record = str(tmp_path / "ran.txt")
+    first = gator.task(tasks.append_line, record, "first")
+    second = gator.task(tasks.append_line, record, "second")
+    with gator.options(delay_by=60) as opts:
+        third = opts.task(tasks.append_line, record, "third")
+    assert gator.len() == 3
+    assert gator.cancel(second.task_id).func_kwargs == {} and gator.len() == 2
+    assert gator.get(third.task_id).result == "third"
+    assert gator.pop().task_id == first.task_id
+    assert gator.len() == 0 and gator.pop() is None
+    assert tasks.lines(record) == ["third", "first"]
+
+
+# Workers in other processes.
+
+
+def start_worker(dsn, queue_name, log_path, *extra):
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name, *extra],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def stop(process):
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+
+
+def test_a_worker_runs_tasks_in_fifo_order_and_delayed_ones_on_time(
+    redis, prefix, queue_name, tmp_path
+):
+    dsn = dsn_for(redis, prefix=prefix)
+    gator = Gator(dsn, queue_name=queue_name)
+    record = str(tmp_path / "ran.txt")
+    due = time.time() + 2.5
+    with gator.options(delay_until=due) as opts:
+        opts.task(tasks.append_line, record, "late")
+    queued = [gator.task(tasks.append_line, record, n) for n in range(20)]
+    gator.cancel(queued[5].task_id)
+    assert gator.get(queued[7].task_id).result == 7  # runs here, at once
+    assert gator.len() == 19
+    worker = start_worker(dsn, queue_name, tmp_path / "worker.log")
+    try:
+        expected = ["7"] + [str(n) for n in range(20) if n not in (5, 7)]
+        wait_for(lambda: len(tasks.lines(record)) == len(expected), timeout=15)
+        assert tasks.lines(record) == expected
+        assert time.time() < due  # so "late" has not run early
+        wait_for(lambda: len(tasks.lines(record)) == len(expected) + 1, timeout=15)
+        assert time.time() >= due
+        assert tasks.lines(record)[-1] == "late"
+        assert gator.len() == 0
+    finally:
+        stop(worker)
+
+
+def test_a_long_task_is_never_handed_to_another_worker(redis, prefix, queue_name, tmp_path):
+    dsn = dsn_for(redis, prefix=prefix, lease=1)
+    gator = Gator(dsn, queue_name=queue_name)
+    keys = gator.backend.keys(queue_name)
+    admin = raw(redis)
+    workers = [start_worker(dsn, queue_name, tmp_path / f"w{n}.log") for n in range(2)]
+    try:
+        wait_for(lambda: admin.scard(keys.consumers) == 2, timeout=15, message="two workers")
+        record = tmp_path / "pids.txt"
+        started = time.monotonic()
+        gator.task(tasks.record_then_sleep, str(record), 3.5)
+        wait_for(lambda: admin.hlen(keys.data) == 0, timeout=20, message="the task to end")
+        # It ran for over three leases while the other worker swept every third of one.
+        assert time.monotonic() - started >= 3.5
+        assert len(tasks.lines(record)) == 1
+        assert all(worker.poll() is None for worker in workers)
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
+def test_a_redis_restart_under_an_idle_worker(tmp_path, queue_name):
+    server = redis_server(tmp_path)
+    server.start()
+    dsn = dsn_for(server)
+    log_path = tmp_path / "worker.log"
+    record = str(tmp_path / "ran.txt")
+    gator = Gator(dsn, queue_name=queue_name)
+    quiet = Gator(dsn, queue_name=queue_name)
+    worker = start_worker(dsn, queue_name, log_path)
+    try:
+        gator.task(tasks.append_line, record, "before")
+        wait_for(lambda: tasks.lines(record) == ["before"], timeout=15)
+        assert quiet.len() == 0  # it holds a connection now, and is silent while Redis is down
+
+        server.stop()
+        wait_for(lambda: "Queue backend unavailable" in log_path.read_text(), timeout=15)
+        # The producer learns its task was not stored, and why.
+        with pytest.raises(BackendError, match=f"Redis at redis://127.0.0.1:{server.port}"):
+            gator.task(tasks.append_line, record, "lost")
+        server.start()
+
+        # The quiet producer's pooled connection died with the server; it reconnects unasked.
+        quiet.task(tasks.append_line, record, "after")
+        wait_for(lambda: tasks.lines(record) == ["before", "after"], timeout=15)
+        assert worker.poll() is None
+        # It backed off instead of spinning: a handful of lines, not hundreds.
+        assert log_path.read_text().count("Queue backend unavailable") <= 10
+    finally:
+        stop(worker)
+        server.stop()
+
+
+def test_a_producer_gets_backend_error_when_redis_is_down(queue_name):
+    gator = Gator(f"redis://127.0.0.1:{free_port()}/0", queue_name=queue_name)
+    with pytest.raises(BackendError, match="failed to store task") as raised:
+        gator.task(tasks.add, 1, 2)
+    assert isinstance(raised.value.__cause__, redispy.ConnectionError)
