@@ -245,7 +245,10 @@ def test_a_failed_attempt_with_retries_left_is_logged(gator, caplog):
     assert "0 retries left" in record.getMessage()
 
 
-def test_dsn_errors_do_not_show_passwords():
+@pytest.mark.parametrize(
+    "dsn", ["locmem://app:hunter2@host/?nonsense=1", "redis://app:hunter2@host:port/0"]
+)
+def test_dsn_errors_do_not_show_passwords(dsn):
     with pytest.raises(InvalidDSNError) as error:
-        Gator("locmem://app:hunter2@host/?nonsense=1")
+        Gator(dsn)
     assert "hunter2" not in str(error.value) and "app:***@host" in str(error.value)

@@ -73,6 +73,9 @@ class Client:
 
     #: Seconds an in-flight task stays with its consumer without a keepalive.
     lease: float = 60.0
+    #: True when the server itself returns a consumer's in-flight tasks once its connection
+    #: closes (beanstalkd): another client then cannot settle them for a dead consumer.
+    server_requeues_dead_consumers: bool = False
 
     def __init__(self, conn_string: str) -> None:
         self.conn_string = conn_string

@@ -116,6 +116,8 @@ class Client(BaseClient):
         client = Client('beanstalk://127.0.0.1:11300/?ttr=600')
     """
 
+    server_requeues_dead_consumers = True
+
     def __init__(self, conn_string: str) -> None:
         super().__init__(conn_string)
         parts = urlsplit(conn_string)

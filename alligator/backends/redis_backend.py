@@ -55,7 +55,7 @@ from redis.retry import Retry
 
 from ..exceptions import BackendError, InvalidDSNError
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options
+from . import DeadLetter, Reserved, dsn_options, redact_dsn
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +311,12 @@ class _Keys:
 
 def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dict, str]:
     """Turns a DSN into redis-py keyword arguments, and a password-free place for messages."""
+    shown = redact_dsn(conn_string)
     try:
         parts = urlsplit(conn_string)
         port = parts.port
     except ValueError as exc:
-        raise InvalidDSNError(f"DSN {conn_string!r} is malformed: {exc}.") from None
+        raise InvalidDSNError(f"DSN {shown!r} is malformed: {exc}.") from None
     scheme = parts.scheme.lower()
     settings: dict[str, Any] = {
         "username": unquote(parts.username) if parts.username else None,
@@ -326,7 +327,7 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
     if scheme == "unix":
         if not path or path == "/":
             raise InvalidDSNError(
-                f"DSN {conn_string!r} names no socket; write 'unix:///path/to/redis.sock?db=0'."
+                f"DSN {shown!r} names no socket; write 'unix:///path/to/redis.sock?db=0'."
             )
         settings["unix_socket_path"] = path
         where = f"unix://{path}"
@@ -338,14 +339,14 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
         if path.strip("/"):
             if db:
                 raise InvalidDSNError(
-                    f"DSN {conn_string!r} names the database twice (path and ?db=); keep one."
+                    f"DSN {shown!r} names the database twice (path and ?db=); keep one."
                 )
             db = path.strip("/")
     if db == "":
         db = "0"
     if not db.isdigit():
         raise InvalidDSNError(
-            f"Database {db!r} in DSN {conn_string!r} is not a number; e.g. 'redis://host:6379/0'."
+            f"Database {db!r} in DSN {shown!r} is not a number; e.g. 'redis://host:6379/0'."
         )
     settings["db"] = int(db)
     where = f"{where}/{int(db)}" if scheme != "unix" else f"{where}?db={int(db)}"
@@ -355,7 +356,7 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
         cert_reqs = options["ssl_cert_reqs"]
         if cert_reqs not in ("required", "optional", "none"):
             raise InvalidDSNError(
-                f"Option ssl_cert_reqs={cert_reqs!r} in DSN {conn_string!r} must be "
+                f"Option ssl_cert_reqs={cert_reqs!r} in DSN {shown!r} must be "
                 "'required', 'optional' or 'none'."
             )
         settings.update(
@@ -368,7 +369,7 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
         )
     elif given_tls:
         raise InvalidDSNError(
-            f"Option {given_tls[0]} in DSN {conn_string!r} needs TLS: use 'rediss://'."
+            f"Option {given_tls[0]} in DSN {shown!r} needs TLS: use 'rediss://'."
         )
     return settings, where
 

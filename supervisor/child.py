@@ -1,0 +1,265 @@
+"""
+A worker's life after ``fork``: signals, title, the ``Worker`` loop, and its reports to
+the master.
+
+A worker reports over its own pipe, one JSON object a line:
+
+- ``{"event": "running", "task": ID, "func": PATH, "at": MONOTONIC, ...}`` just before a
+  task runs. With ``last``, the worker leaves after this task (``max_tasks``). When the
+  queue has a ``timeout``, the report also carries what the master writes to the backend
+  if it must kill the worker: ``retry_data`` (the payload with one retry fewer) or
+  ``bury_data`` (the payload, for the dead-letter store).
+- ``{"event": "idle", "done": N}`` after a task (N tasks so far).
+
+Guarantees:
+
+- A terminal's Control-C never reaches a worker: it runs in its own process group, and
+  the master decides. The master's SIGTERM stops it gracefully, after the task in hand.
+- If the master dies, a worker notices at once on Linux (parent-death signal: SIGTERM) and
+  within half a second anywhere (it watches its parent pid); it finishes its task, or
+  abandons it after ``graceful_timeout`` seconds, and exits. An abandoned task returns to
+  the queue when the worker's lease runs out.
+"""
+
+import copy
+import json
+import logging
+import os
+import reprlib
+import signal
+import threading
+import time
+from typing import Any
+
+import setproctitle
+
+from alligator.gator import Gator
+from alligator.tasks import Task
+from alligator.workers import Worker
+
+from . import logs
+from .config import WorkerSettings
+from .systemd import SYSTEMD_VARIABLES, set_parent_death_signal
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the parent pid.
+PARENT_CHECK_INTERVAL = 0.5
+
+_reopen_logs = False
+
+
+def _ask_log_reopen(signum, frame) -> None:
+    # Only a flag: the worker reopens between tasks, never in the middle of a log write.
+    global _reopen_logs
+    _reopen_logs = True
+
+
+class Reporter:
+    """
+    Writes the worker's reports to the master's pipe; notices when the master is gone.
+
+    Ex::
+
+        Reporter(write_fd).send(event='idle', done=3)
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.broken = False
+
+    def send(self, **message: Any) -> None:
+        if self.broken:
+            return
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            self.broken = True  # the master closed its end: it is gone
+
+
+class SupervisedWorker(Worker):
+    """
+    A ``Worker`` that sets its process title and reports each task to the master.
+
+    Ex::
+
+        worker = SupervisedWorker(gator, settings, consumer_id, Reporter(fd))
+        worker.run_forever()
+    """
+
+    def __init__(
+        self, gator: Gator, settings: WorkerSettings, consumer_id: str, reporter: Reporter
+    ) -> None:
+        super().__init__(
+            gator, max_tasks=settings.max_tasks, to_consume=settings.queue, consumer_id=consumer_id
+        )
+        self.settings = settings
+        self.reporter = reporter
+        self._title = ""
+        self._busy = False
+        self._task: Task | None = None
+        self._task_started = 0.0
+
+    def set_title(self, state: str) -> None:
+        title = f"alligatord: worker [{self.settings.queue}] {state}"
+        if title != self._title:
+            setproctitle.setproctitle(title)
+            self._title = title
+
+    def starting(self) -> None:
+        log.info("Worker started; consumer id %s.", self.consumer_id)
+
+    def stopping(self) -> None:
+        self.set_title("stopping")
+        log.info("Worker leaving after %d task(s).", self.tasks_complete)
+
+    def result(self, result: Any) -> None:
+        if self._task is not None:
+            log.debug(
+                "Task %s (%s) succeeded in %.3fs: %s",
+                self._task.task_id,
+                self._task.func_path,
+                time.monotonic() - self._task_started,
+                reprlib.repr(result),
+            )
+
+    def running(self, task: Task) -> None:
+        self._between_tasks()
+        self._task, self._task_started, self._busy = task, time.monotonic(), True
+        self.set_title(f"running {task.func_path}")
+        report: dict[str, Any] = {
+            "event": "running",
+            "task": task.task_id,
+            "func": task.func_path,
+            "at": self._task_started,
+        }
+        if self.max_tasks and self.tasks_complete + 1 >= self.max_tasks:
+            report["last"] = True
+        if self.settings.timeout:
+            report.update(_outcome_if_killed(task))
+        self.reporter.send(**report)
+
+    def idle(self) -> None:
+        self._between_tasks()
+        if self._busy:
+            self._busy = False
+            self.reporter.send(event="idle", done=self.tasks_complete)
+        self.set_title("idle")
+
+    def _between_tasks(self) -> None:
+        global _reopen_logs
+        if _reopen_logs:
+            _reopen_logs = False
+            logs.reopen()
+        if self.reporter.broken:
+            self.stop()
+
+
+def _outcome_if_killed(task: Task) -> dict[str, str]:
+    """What the master writes to the backend if this task outlives the queue's timeout:
+    the killed run counts as a failed attempt."""
+    try:
+        if task.retries > 0:
+            attempt = copy.copy(task)
+            attempt.retries -= 1
+            attempt.to_retrying()
+            return {"retry_data": attempt.serialize()}
+        return {"bury_data": task.serialize()}
+    except Exception as exc:  # the master then simply requeues it
+        log.warning("Cannot prepare task %s for a timeout: %s", task.task_id, exc)
+        return {}
+
+
+class ParentWatch(threading.Thread):
+    """Stops the worker when the master is gone, and abandons a task that outlives
+    ``graceful_timeout`` after that."""
+
+    def __init__(self, worker: SupervisedWorker, master_pid: int, graceful_timeout: float) -> None:
+        super().__init__(name="alligatord-parent-watch", daemon=True)
+        self.worker = worker
+        self.master_pid = master_pid
+        self.graceful_timeout = graceful_timeout
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        while os.getppid() == self.master_pid and not self.worker.reporter.broken:
+            if self.finished.wait(PARENT_CHECK_INTERVAL):
+                return
+        log.warning(
+            "The master (pid %d) is gone; leaving after the task in hand, or in %gs at most.",
+            self.master_pid,
+            self.graceful_timeout,
+        )
+        self.worker.stop()
+        if self.finished.wait(self.graceful_timeout):
+            return
+        log.error(
+            "Abandoning the task in hand; it returns to the queue when this worker's "
+            "lease runs out."
+        )
+        logs.flush()
+        os._exit(1)
+
+
+def prepare_process(
+    master_pid: int, inherited_fds: list[int], master_signals: tuple[int, ...]
+) -> bool:
+    """
+    Turns a freshly forked master into a worker process: own signal handling, own process
+    group, parent-death signal, no inherited descriptors or systemd variables.
+
+    Runs with the master's signals blocked; unblocks them once the worker's are in place.
+
+    Ex::
+
+        if prepare_process(master_pid, [wakeup_r, wakeup_w], HANDLED_SIGNALS):
+            status = run(settings, consumer_id, write_fd, master_pid, graceful=30.0)
+
+    :returns: ``False`` if the master died already
+    """
+    signal.set_wakeup_fd(-1)
+    for signum in master_signals:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, _ask_log_reopen)
+    for fd in inherited_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for name in SYSTEMD_VARIABLES:
+        os.environ.pop(name, None)
+    # Out of the terminal's foreground group: a Control-C reaches the master alone.
+    try:
+        os.setpgid(0, 0)
+    except OSError as exc:
+        log.warning("Cannot leave the master's process group: %s", exc)
+    set_parent_death_signal(signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, master_signals)
+    # The master may have died before the parent-death signal was armed.
+    return os.getppid() == master_pid
+
+
+def run(
+    settings: WorkerSettings, consumer_id: str, report_fd: int, master_pid: int, graceful: float
+) -> int:
+    """
+    Runs the worker loop on one queue until asked to stop; returns the exit status.
+
+    Ex::
+
+        status = run(settings, consumer_id, write_fd, master_pid, graceful=30.0)
+    """
+    logs.set_queue(settings.queue)
+    setproctitle.setproctitle(f"alligatord: worker [{settings.queue}] starting")
+    gator = Gator(settings.dsn, queue_name=settings.queue)
+    worker = SupervisedWorker(gator, settings, consumer_id, Reporter(report_fd))
+    watch = ParentWatch(worker, master_pid, graceful)
+    watch.start()
+    try:
+        worker.run_forever()
+    finally:
+        watch.finished.set()
+        gator.backend.close()
+    return 0

@@ -1,0 +1,393 @@
+"""
+alligatord's configuration: an INI file read with configparser, validated into immutable
+settings.
+
+Every problem a user can cause is a ``ConfigError`` whose message is one sentence naming
+the file, the section and the key. The same ``load`` runs at start, for ``--check`` and on
+every reload, so a file that starts also reloads, and a file that fails is refused whole.
+
+Relative paths in ``pythonpath``, ``pidfile`` and ``log_file`` are read from the file's
+directory; a DSN is the backend's business (``sqlite:///queue.db`` is relative to the
+working directory, as for any ``Gator``).
+"""
+
+import configparser
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import NoReturn
+
+from alligator.backends import BACKENDS, client_class, redact_dsn
+from alligator.exceptions import AlligatorException, BackendError
+
+#: The section of the daemon's own settings.
+MAIN_SECTION = "alligatord"
+#: Sections named ``queue:NAME`` configure the queue NAME.
+QUEUE_PREFIX = "queue:"
+
+MAIN_KEYS = (
+    "dsn",
+    "graceful_timeout",
+    "log_level",
+    "log_file",
+    "pidfile",
+    "preload",
+    "pythonpath",
+)
+QUEUE_KEYS = ("workers", "dsn", "max_tasks", "max_memory", "timeout")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
+DEFAULT_WORKERS = 1
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+class ConfigError(AlligatorException):
+    """The configuration file cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """
+    Everything one worker process of a queue runs with. Workers whose settings differ from
+    their queue's current ones are replaced on reload.
+
+    Ex::
+
+        WorkerSettings('emails', 'sqlite:///queue.db', max_tasks=1000, max_memory=0,
+                       timeout=300.0)
+    """
+
+    queue: str
+    dsn: str
+    max_tasks: int = 0
+    max_memory: int = 0  # bytes of RSS; 0 = no limit
+    timeout: float = 0.0  # seconds one task may run; 0 = no limit
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """One ``[queue:NAME]`` section: how many workers, and what they run with."""
+
+    name: str
+    workers: int
+    settings: WorkerSettings
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    A whole, validated configuration file.
+
+    Ex::
+
+        config = load('/etc/alligator/alligator.ini')
+        [queue.name for queue in config.queues]  # ['default', 'emails']
+    """
+
+    path: str
+    dsn: str | None
+    graceful_timeout: float
+    log_level: str
+    log_file: str | None
+    pidfile: str | None
+    preload: tuple[str, ...]
+    pythonpath: tuple[str, ...]
+    queues: tuple[QueueConfig, ...]
+
+    def queue(self, name: str) -> QueueConfig | None:
+        """Returns the queue named ``name``, or ``None``."""
+        for queue in self.queues:
+            if queue.name == name:
+                return queue
+        return None
+
+    @property
+    def total_workers(self) -> int:
+        """How many worker processes the file asks for, over every queue."""
+        return sum(queue.workers for queue in self.queues)
+
+
+class _Section:
+    """Reads and validates the keys of one section, naming them in every error."""
+
+    def __init__(self, path: str, name: str, values: dict[str, str], known: tuple[str, ...]):
+        self.path, self.name, self.values = path, name, values
+        for key in values:
+            if key not in known:
+                self.fail(key, f"unknown key{_did_you_mean(key, known)}")
+
+    def fail(self, key: str | None, problem: str) -> NoReturn:
+        where = f"{self.path}, section [{self.name}]"
+        if key is not None:
+            where += f", key {key}"
+        raise ConfigError(f"{where}: {problem}.")
+
+    def raw(self, key: str) -> str | None:
+        value = self.values.get(key)
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            self.fail(key, "is empty; give it a value or remove the line")
+        return value
+
+    def whole_number(self, key: str, default: int) -> int:
+        raw = self.raw(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value < 0:
+            self.fail(key, f"expected a whole number >= 0, got {raw!r}")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        raw = self.raw(key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value >= 0 or value == float("inf"):
+            self.fail(key, f"expected a number of seconds >= 0, got {raw!r}")
+        return value
+
+    def size(self, key: str) -> int:
+        raw = self.raw(key)
+        if raw is None:
+            return 0
+        try:
+            return parse_size(raw)
+        except ValueError:
+            self.fail(key, f"expected a size such as 512M (a number with K, M or G), got {raw!r}")
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        raw = self.raw(key)
+        if raw is None:
+            return default
+        if raw.lower() not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}, got {raw!r}")
+        return raw.lower()
+
+    def path_value(self, key: str) -> str | None:
+        raw = self.raw(key)
+        return None if raw is None else _beside(self.path, raw)
+
+    def dsn(self, key: str) -> str | None:
+        raw = self.raw(key)
+        if raw is None:
+            return None
+        if "://" not in raw:
+            self.fail(key, f"{raw!r} is not a DSN; expected scheme://…, e.g. sqlite:///queue.db")
+        scheme = raw.split("://", 1)[0].lower()
+        if scheme == "locmem":
+            self.fail(
+                key,
+                "locmem:// keeps tasks inside one process, where alligatord's worker processes "
+                "never see them; use sqlite:// (one host) or redis:// (many hosts)",
+            )
+        if scheme not in BACKENDS:
+            usable = ", ".join(f"{name}://" for name in sorted(BACKENDS) if name != "locmem")
+            self.fail(key, f"no backend handles the scheme {scheme}://; use one of {usable}")
+        try:
+            client_class(raw)
+        except ImportError as exc:
+            self.fail(key, f"the {scheme}:// backend cannot be imported ({exc})")
+        return raw
+
+
+def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f"; known keys are {', '.join(sorted(known))}"
+
+
+def _beside(config_path: str, path: str) -> str:
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), path))
+
+
+def _words(raw: str | None) -> list[str]:
+    """Splits a list value written with commas, spaces or one item a line."""
+    if raw is None:
+        return []
+    return [word for word in re.split(r"[\s,]+", raw) if word]
+
+
+def parse_size(text: str) -> int:
+    """
+    Reads a size such as ``256M`` into bytes (``K``, ``M`` and ``G`` are powers of 1024).
+
+    Ex::
+
+        parse_size('256M')  # 268435456
+    """
+    match = _SIZE.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size such as 512M")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def _read_file(path: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), empty_lines_in_values=False
+    )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the configuration file {path}: {exc.strerror}.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a UTF-8 text file ({exc.reason}).") from exc
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(
+            f"{path}, line {exc.lineno}: section [{exc.section}] appears twice."
+        ) from exc
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(
+            f"{path}, section [{exc.section}], key {exc.option}: appears twice "
+            f"(again on line {exc.lineno})."
+        ) from exc
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(
+            f"{path}, line {exc.lineno}: a key comes before any section; start the file "
+            f"with [{MAIN_SECTION}]."
+        ) from exc
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0]
+        raise ConfigError(f"{path}, line {lineno}: cannot parse {line.strip()}.") from exc
+    except configparser.Error as exc:
+        raise ConfigError(f"{path} is not a valid INI file: {exc.message}.") from exc
+    return parser
+
+
+def load(path: str) -> Config:
+    """
+    Reads and validates a configuration file.
+
+    Ex::
+
+        config = load('etc/alligator.ini')
+
+    :param path: The INI file
+    :returns: A ``Config``
+    :raises ConfigError: With one sentence naming the file, section and key at fault
+    """
+    parser = _read_file(path)
+    if parser.defaults():
+        raise ConfigError(
+            f"{path}, section [{parser.default_section}]: alligatord does not read this "
+            f"section; put each key in [{MAIN_SECTION}] or in a [queue:NAME] section."
+        )
+    if not parser.has_section(MAIN_SECTION):
+        raise ConfigError(
+            f"{path}: no [{MAIN_SECTION}] section; start the file with [{MAIN_SECTION}] "
+            f"and a dsn = … line."
+        )
+    for name in parser.sections():
+        if name != MAIN_SECTION and not name.startswith(QUEUE_PREFIX):
+            raise ConfigError(
+                f"{path}, section [{name}]: unknown section; alligatord reads "
+                f"[{MAIN_SECTION}] and [queue:NAME] sections."
+            )
+
+    main = _Section(path, MAIN_SECTION, dict(parser[MAIN_SECTION]), MAIN_KEYS)
+    dsn = main.dsn("dsn")
+    preload = _words(main.raw("preload"))
+    for module in preload:
+        if not _MODULE_NAME.match(module):
+            main.fail("preload", f"{module!r} is not a dotted module name such as myapp.tasks")
+    pythonpath = [_beside(path, entry) for entry in _words(main.raw("pythonpath"))]
+    for entry in pythonpath:
+        if not os.path.isdir(entry):
+            main.fail("pythonpath", f"the directory {entry} does not exist")
+
+    queues = []
+    for name in parser.sections():
+        if not name.startswith(QUEUE_PREFIX):
+            continue
+        section = _Section(path, name, dict(parser[name]), QUEUE_KEYS)
+        queue_name = name[len(QUEUE_PREFIX) :].strip()
+        if not _QUEUE_NAME.match(queue_name):
+            section.fail(
+                None,
+                f"{queue_name!r} is not a queue name; use letters, digits and _ . : - "
+                f"(e.g. [queue:emails])",
+            )
+        queue_dsn = section.dsn("dsn") or dsn
+        if queue_dsn is None:
+            section.fail("dsn", f"no DSN for this queue; set dsn in [{MAIN_SECTION}] or here")
+        settings = WorkerSettings(
+            queue=queue_name,
+            dsn=queue_dsn,
+            max_tasks=section.whole_number("max_tasks", 0),
+            max_memory=section.size("max_memory"),
+            timeout=section.seconds("timeout", 0.0),
+        )
+        workers = section.whole_number("workers", DEFAULT_WORKERS)
+        queues.append(QueueConfig(queue_name, workers, settings))
+    if not queues:
+        raise ConfigError(
+            f"{path}: no [queue:NAME] section, so there is nothing to run; add one, "
+            f"e.g. [queue:all] with workers = 2."
+        )
+
+    return Config(
+        path=path,
+        dsn=dsn,
+        graceful_timeout=main.seconds("graceful_timeout", DEFAULT_GRACEFUL_TIMEOUT),
+        log_level=main.choice("log_level", LOG_LEVELS, "info"),
+        log_file=main.path_value("log_file"),
+        pidfile=main.path_value("pidfile"),
+        preload=tuple(preload),
+        pythonpath=tuple(pythonpath),
+        queues=tuple(queues),
+    )
+
+
+def check_dsns(config: Config) -> list[str]:
+    """
+    Builds (and closes) one backend client per DSN, to catch what only the backend can
+    judge: its options, a SQLite file's missing directory.
+
+    A backend that cannot be reached now is no configuration error: it is returned as a
+    warning, and workers keep retrying it once started.
+
+    Ex::
+
+        for warning in check_dsns(config):
+            print(warning)
+
+    :returns: Warnings, one sentence each
+    :raises ConfigError: When a DSN is refused by its backend
+    """
+    warnings = []
+    seen: set[str] = set()
+    for queue in config.queues:
+        dsn = queue.settings.dsn
+        if dsn in seen:
+            continue
+        seen.add(dsn)
+        section = f"[queue:{queue.name}]" if dsn != config.dsn else f"[{MAIN_SECTION}]"
+        try:
+            client = client_class(dsn)(dsn)
+        except BackendError as exc:
+            warnings.append(f"The backend of {redact_dsn(dsn)} cannot be reached now: {exc}")
+            continue
+        except AlligatorException as exc:
+            raise ConfigError(f"{config.path}, section {section}, key dsn: {exc}") from exc
+        client.close()
+    return warnings

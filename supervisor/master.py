@@ -1,0 +1,832 @@
+"""
+The master: one event loop that forks workers, watches them and stops them.
+
+Signal handlers only record the signal; ``signal.set_wakeup_fd`` wakes the loop, which
+does all the work in one place: handle the recorded signals, reap every dead worker
+(``waitpid(-1, WNOHANG)`` until none is left), requeue its in-flight task, then bring each
+queue to the workers its configuration asks for.
+
+Each worker lives in a *slot*, whose state follows Supervisor's names::
+
+    EXITED ──spawn──> STARTING ──up for 1 s──> RUNNING ──died──> EXITED (respawned at once)
+                         │  ▲                     │
+            died in 1 s  │  │ backoff over        │ retired (stop, reload, recycle)
+                         ▼  │                     ▼
+                       BACKOFF               STOPPING ──exited──> EXITED (slot removed)
+
+A worker that dies within a second of starting is a failed start: its slot waits 1, 2,
+4 … 60 seconds before the next try, and a worker that stays up resets the count. The
+master never runs tasks and never holds a backend connection across a fork: it builds a
+client only to requeue a reaped worker's task, and closes it at once.
+"""
+
+import enum
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import setproctitle
+
+from alligator.backends import Client, client_class, redact_dsn
+from alligator.gator import new_consumer_id
+
+from . import child, logs
+from .config import Config, ConfigError, QueueConfig, WorkerSettings, check_dsns, load
+from .systemd import Notifier, monotonic_usec
+
+log = logging.getLogger(__name__)
+
+#: A worker that dies sooner than this after its fork failed to start.
+STARTUP_SECONDS = 1.0
+#: Pauses before the next try after failed starts: 1, 2, 4 … up to this.
+BACKOFF_MAX = 60.0
+#: Seconds between two RSS checks of workers whose queue sets ``max_memory``.
+MEMORY_CHECK_INTERVAL = 2.0
+#: The longest the loop sleeps without a reason to wake.
+LOOP_MAX_SLEEP = 1.0
+
+#: The signals the master handles; blocked around each fork.
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+)
+
+
+class State(enum.Enum):
+    """Where a worker slot is in its life."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+
+
+#: Every transition a slot may make, and the log level it is reported at.
+TRANSITIONS: dict[tuple[State, State], int] = {
+    (State.EXITED, State.STARTING): logging.INFO,
+    (State.STARTING, State.RUNNING): logging.INFO,
+    (State.STARTING, State.BACKOFF): logging.WARNING,
+    (State.STARTING, State.STOPPING): logging.INFO,
+    (State.RUNNING, State.STOPPING): logging.INFO,
+    (State.RUNNING, State.EXITED): logging.WARNING,
+    (State.BACKOFF, State.STARTING): logging.INFO,
+    (State.BACKOFF, State.EXITED): logging.INFO,
+    (State.STOPPING, State.EXITED): logging.INFO,
+}
+
+
+def backoff_delay(failures: int) -> float:
+    """
+    Seconds to wait before trying again after ``failures`` failed starts in a row.
+
+    Ex::
+
+        [backoff_delay(n) for n in (1, 2, 3, 7, 8)]  # [1.0, 2.0, 4.0, 60.0, 60.0]
+    """
+    return min(BACKOFF_MAX, 2.0 ** max(failures - 1, 0))
+
+
+def describe_exit(status: int) -> str:
+    """
+    Says how a process ended, from its ``waitpid`` status.
+
+    Ex::
+
+        describe_exit(status)  # 'killed by SIGKILL', or 'exited with status 1'
+    """
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return f"killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One place for a worker of a queue, and the worker process in it (if any)."""
+
+    settings: WorkerSettings
+    number: int
+    state: State = State.EXITED
+    pid: int | None = None
+    consumer_id: str = ""
+    pipe: int | None = None
+    buffer: bytes = b""
+    started_at: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    kill_at: float | None = None
+    task: dict | None = None  # the worker's last "running" report, until it is idle
+    tasks_done: int = 0
+    timed_out: str | None = None  # the task id it was killed for overrunning
+    term_sent: bool = False
+    eof: bool = False  # the worker closed its end of the pipe: it is exiting
+
+    @property
+    def name(self) -> str:
+        return f"{self.settings.queue}#{self.number}"
+
+    def describe(self) -> str:
+        return f"worker {self.name}" + (f" (pid {self.pid})" if self.pid else "")
+
+    def to(self, state: State, why: str) -> None:
+        """Moves to ``state``, which must be allowed from the current one; logs it."""
+        level = TRANSITIONS.get((self.state, state))
+        if level is None:
+            raise RuntimeError(
+                f"{self.describe()}: no transition {self.state.name} -> {state.name}"
+            )
+        log.log(level, "%s: %s -> %s: %s.", self.describe(), self.state.name, state.name, why)
+        self.state = state
+
+
+@dataclass(eq=False)
+class Pool:
+    """A queue's slots. ``config`` is ``None`` once the queue left the configuration."""
+
+    config: QueueConfig | None
+    slots: list[Slot] = field(default_factory=list)
+
+
+@dataclass
+class _Requeue:
+    """What to tell the backend about a reaped worker."""
+
+    settings: WorkerSettings
+    consumer_id: str
+    pid: int
+    timed_out: dict | None
+
+
+class Master:
+    """
+    Runs the configured queues' workers until stopped.
+
+    Ex::
+
+        master = Master(load('/etc/alligator/alligator.ini'), '/etc/alligator/alligator.ini')
+        exit_status = master.run()
+
+    :param config: The validated configuration
+    :param config_path: The file to read again on SIGHUP, as given on the command line
+    :param log_level: A level from the command line, which wins over the file's
+    :param notifier: Where to send systemd notifications; from the environment if omitted
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str,
+        log_level: str | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log_level_override = log_level
+        self.notifier = notifier or Notifier()
+        self.pools: dict[str, Pool] = {}
+        self.by_pid: dict[int, Slot] = {}
+        self.signals: deque[int] = deque()
+        self.stopping: str | None = None  # None, "graceful" or "fast"
+        self.ready_pending = True  # READY=1 is due once the workers are up
+        self.status = ""
+        self.next_memory_check = 0.0
+        self.next_watchdog = 0.0
+        self.wakeup_r = self.wakeup_w = -1
+        self.pid = os.getpid()
+
+    # The loop.
+
+    def run(self) -> int:
+        """
+        Forks the workers and supervises them until SIGTERM, SIGINT or SIGQUIT.
+
+        :returns: The exit status: 0
+        """
+        setproctitle.setproctitle(f"alligatord: master -c {self.config_path}")
+        self._install_signals()
+        log.info(
+            "alligatord started: master pid %d, %d queue(s), %d worker(s).",
+            self.pid,
+            len(self.config.queues),
+            self.config.total_workers,
+        )
+        for queue in self.config.queues:
+            self.pools[queue.name] = Pool(queue)
+        try:
+            while True:
+                self._supervise()
+                if self.stopping and not self.by_pid:
+                    break
+                self._wait(self._sleep_time())
+                self._handle_signals()
+                self._reap()
+        finally:
+            self._uninstall_signals()
+            self.notifier.close()
+        log.info("alligatord stopped.")
+        return 0
+
+    def _install_signals(self) -> None:
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_r, False)
+        os.set_blocking(self.wakeup_w, False)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._record_signal)
+
+    def _uninstall_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self.wakeup_r)
+        os.close(self.wakeup_w)
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        # Only a record: the wakeup fd has already woken the loop, which does the work.
+        self.signals.append(signum)
+
+    def _sleep_time(self) -> float:
+        deadlines = [time.monotonic() + LOOP_MAX_SLEEP]
+        for slot in self._slots():
+            if slot.state is State.STARTING:
+                deadlines.append(slot.started_at + STARTUP_SECONDS)
+            elif slot.state is State.BACKOFF:
+                deadlines.append(slot.retry_at)
+            if slot.kill_at is not None:
+                deadlines.append(slot.kill_at)
+            if slot.task is not None and slot.settings.timeout and slot.timed_out is None:
+                deadlines.append(slot.task["at"] + slot.settings.timeout)
+        if self.notifier.watchdog_interval:
+            deadlines.append(self.next_watchdog)
+        # A floor, so that a deadline that somehow stays in the past cannot spin the CPU.
+        return max(0.01, min(deadlines) - time.monotonic())
+
+    def _wait(self, timeout: float) -> None:
+        pipes = {
+            slot.pipe: slot for slot in self._slots() if slot.pipe is not None and not slot.eof
+        }
+        poller = select.poll()
+        for fd in (self.wakeup_r, *pipes):
+            poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(timeout * 1000):
+            if fd == self.wakeup_r:
+                self._drain(fd)
+            else:
+                self._read_reports(pipes[fd])
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _slots(self) -> list[Slot]:
+        return [slot for pool in self.pools.values() for slot in pool.slots]
+
+    # Signals.
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum == signal.SIGCHLD:
+                continue  # every turn of the loop reaps
+            name = signal.Signals(signum).name
+            if signum == signal.SIGQUIT:
+                log.info("SIGQUIT: stopping at once.")
+                self._stop(graceful=False)
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping:
+                    log.info("%s: already stopping; SIGQUIT stops at once.", name)
+                else:
+                    log.info(
+                        "%s: stopping gracefully (at most %gs).",
+                        name,
+                        self.config.graceful_timeout,
+                    )
+                    self._stop(graceful=True)
+            elif signum == signal.SIGHUP:
+                if self.stopping:
+                    log.info("SIGHUP: ignored while stopping.")
+                else:
+                    self._reload()
+            elif signum == signal.SIGUSR1:
+                self._reopen_logs()
+
+    def _stop(self, graceful: bool) -> None:
+        if self.stopping is None:
+            self.notifier.notify("STOPPING=1", "STATUS=Stopping.")
+        if not graceful:
+            self.stopping = "fast"
+            for slot in self._slots():
+                if slot.pid is not None:
+                    self._kill(slot, signal.SIGKILL)
+                    if slot.state is not State.STOPPING:
+                        slot.to(State.STOPPING, "stopping at once (SIGQUIT)")
+            self._drop_idle_slots()
+            return
+        self.stopping = "graceful"
+        for pool in self.pools.values():
+            for slot in list(pool.slots):
+                self._retire(pool, slot, "alligatord is stopping")
+
+    def _drop_idle_slots(self) -> None:
+        """Removes the slots without a process (waiting to restart, or dead)."""
+        for pool in self.pools.values():
+            for slot in list(pool.slots):
+                if slot.pid is None:
+                    if slot.state is State.BACKOFF:
+                        slot.to(State.EXITED, "alligatord is stopping")
+                    pool.slots.remove(slot)
+
+    def _reopen_logs(self) -> None:
+        if logs.reopen():
+            log.info("SIGUSR1: reopened the log file.")
+            for slot in self._slots():
+                if slot.pid is not None:
+                    self._kill(slot, signal.SIGUSR1)
+        else:
+            log.info("SIGUSR1: no log_file is configured; nothing to reopen.")
+
+    # Reload.
+
+    def _reload(self) -> None:
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
+        log.info("SIGHUP: reloading %s.", self.config_path)
+        try:
+            new = load(self.config_path)
+            for warning in check_dsns(new):
+                log.warning("%s", warning)
+        except ConfigError as exc:
+            log.error("Reload refused, the running configuration stays: %s", exc)
+            self.notifier.notify("READY=1", f"STATUS={self.status}")
+            return
+        old = self.config
+        for key in ("pidfile", "preload", "pythonpath"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("%s changed; it takes effect at the next start, not on reload.", key)
+        level = self.log_level_override or new.log_level
+        if new.log_file != old.log_file:
+            try:
+                logs.configure(level, new.log_file)
+            except OSError as exc:
+                logs.configure(level, old.log_file)
+                log.error("Cannot open log_file %s (%s); logging as before.", new.log_file, exc)
+        else:
+            logs.set_level(level)
+        for name, pool in self.pools.items():
+            if pool.config is not None and new.queue(name) is None:
+                log.info("Queue %r removed: stopping its workers.", name)
+                pool.config = None
+        for queue in new.queues:
+            pool = self.pools.get(queue.name)
+            if pool is None or pool.config is None:
+                log.info("Queue %r added with %d worker(s).", queue.name, queue.workers)
+                self.pools.setdefault(queue.name, Pool(queue)).config = queue
+            elif pool.config.settings != queue.settings:
+                log.info("Queue %r changed: replacing its workers.", queue.name)
+                pool.config = queue
+            elif pool.config.workers != queue.workers:
+                log.info(
+                    "Queue %r: %d -> %d worker(s).", queue.name, pool.config.workers, queue.workers
+                )
+                pool.config = queue
+        self.config = new
+        self.ready_pending = True
+        log.info("Reloaded %s.", self.config_path)
+
+    # Bringing each queue to what it should be.
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots():
+            if slot.state is State.STARTING and now - slot.started_at >= STARTUP_SECONDS:
+                slot.failures = 0
+                slot.to(State.RUNNING, f"up for {STARTUP_SECONDS:g}s")
+            if slot.kill_at is not None and now >= slot.kill_at:
+                slot.kill_at = None
+                log.warning(
+                    "%s did not stop within graceful_timeout=%gs; killing it.",
+                    slot.describe(),
+                    self.config.graceful_timeout,
+                )
+                self._kill(slot, signal.SIGKILL)
+            self._check_timeout(slot, now)
+        if not self.stopping:
+            if now >= self.next_memory_check:
+                self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+                self._check_memory()
+            for name, pool in list(self.pools.items()):
+                self._scale(pool, now)
+                if pool.config is None and not pool.slots:
+                    del self.pools[name]
+        self._notify(now)
+
+    def _check_timeout(self, slot: Slot, now: float) -> None:
+        timeout = slot.settings.timeout
+        if not timeout or slot.task is None or slot.timed_out is not None or slot.pid is None:
+            return
+        if now - slot.task["at"] < timeout:
+            return
+        self._read_reports(slot)  # it may have finished a moment ago
+        if slot.task is None or now - slot.task["at"] < timeout:
+            return
+        slot.timed_out = slot.task["task"]
+        log.error(
+            "%s: task %s (%s) ran longer than timeout=%gs; killing the worker.",
+            slot.describe(),
+            slot.task["task"],
+            slot.task["func"],
+            timeout,
+        )
+        self._kill(slot, signal.SIGKILL)
+        if slot.state is not State.STOPPING:
+            slot.to(State.STOPPING, "killed for overrunning its timeout")
+
+    def _check_memory(self) -> None:
+        for pool in self.pools.values():
+            for slot in list(pool.slots):
+                limit = slot.settings.max_memory
+                if not limit or slot.pid is None or slot.state is State.STOPPING:
+                    continue
+                try:
+                    rss = psutil.Process(slot.pid).memory_info().rss
+                except psutil.Error:
+                    continue  # gone: the next reap deals with it
+                if rss > limit:
+                    self._retire(
+                        pool,
+                        slot,
+                        f"recycling: RSS {rss / 2**20:.0f} MiB > max_memory "
+                        f"{limit / 2**20:.0f} MiB",
+                    )
+
+    def _scale(self, pool: Pool, now: float) -> None:
+        wanted = pool.config.workers if pool.config is not None else 0
+        live = [slot for slot in pool.slots if slot.state is not State.STOPPING]
+        current = [
+            slot
+            for slot in live
+            if pool.config is not None and slot.settings == pool.config.settings
+        ]
+        outdated = [slot for slot in live if slot not in current]
+
+        # Retire the surplus first, so that nothing is started only to be stopped.
+        surplus = sorted(current, key=_retire_first)[: max(0, len(current) - wanted)]
+        for slot in surplus:
+            self._retire(pool, slot, f"scaling down to {wanted} worker(s)")
+            current.remove(slot)
+        # Replace what died, then start what is missing.
+        for slot in current:
+            if slot.state is State.EXITED or (
+                slot.state is State.BACKOFF and now >= slot.retry_at
+            ):
+                self._spawn(slot)
+        while len(current) < wanted:
+            slot = Slot(pool.config.settings, self._free_number(pool))
+            pool.slots.append(slot)
+            current.append(slot)
+            self._spawn(slot)
+
+        # Workers of an older configuration leave as their replacements come up.
+        up = sum(1 for slot in current if slot.state is State.RUNNING)
+        keep = max(0, wanted - up)
+        for slot in sorted(outdated, key=_retire_first)[: max(0, len(outdated) - keep)]:
+            self._retire(pool, slot, "replaced after a configuration change")
+        for slot in outdated:
+            if slot.pid is None and slot in pool.slots:
+                self._retire(pool, slot, "replaced after a configuration change")
+
+    @staticmethod
+    def _free_number(pool: Pool) -> int:
+        taken = {slot.number for slot in pool.slots if slot.state is not State.STOPPING}
+        number = 1
+        while number in taken:
+            number += 1
+        return number
+
+    def _retire(self, pool: Pool, slot: Slot, why: str) -> None:
+        """Stops a slot's worker gracefully (after its task), or drops a slot without one."""
+        if slot.pid is None:
+            if slot.state is State.BACKOFF:
+                slot.to(State.EXITED, why)
+            pool.slots.remove(slot)
+            return
+        if not slot.term_sent:
+            # Once only: a worker takes a second SIGTERM as "stop at once".
+            self._kill(slot, signal.SIGTERM)
+            slot.term_sent = True
+        deadline = time.monotonic() + self.config.graceful_timeout
+        slot.kill_at = deadline if slot.kill_at is None else min(slot.kill_at, deadline)
+        if slot.state is not State.STOPPING:
+            slot.to(State.STOPPING, why)
+
+    def _kill(self, slot: Slot, signum: int) -> None:
+        try:
+            os.kill(slot.pid, signum)
+        except ProcessLookupError:
+            pass  # dead already; reaped on this turn of the loop
+
+    # Forking.
+
+    def _spawn(self, slot: Slot) -> None:
+        """Forks a worker into ``slot``; the child never returns from here."""
+        consumer_id = new_consumer_id()
+        read_end, write_end = os.pipe()
+        inherited = [self.wakeup_r, self.wakeup_w, read_end]
+        inherited += [other.pipe for other in self._slots() if other.pipe is not None]
+        if self.notifier.fileno() is not None:
+            inherited.append(self.notifier.fileno())
+        # Blocked across the fork, so that no signal reaches the child before it has
+        # replaced the master's handlers with its own.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            os.close(read_end)
+            os.close(write_end)
+            slot.failures += 1
+            slot.retry_at = time.monotonic() + backoff_delay(slot.failures)
+            log.error("Cannot fork a worker for queue %r: %s", slot.settings.queue, exc)
+            if slot.state is not State.BACKOFF:
+                slot.to(State.STARTING, "fork attempted")
+                slot.to(State.BACKOFF, "fork failed")
+            return
+        if pid == 0:
+            self._become_worker(slot, consumer_id, write_end, inherited)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        slot.pid, slot.consumer_id, slot.pipe, slot.buffer = pid, consumer_id, read_end, b""
+        slot.started_at = time.monotonic()
+        slot.task, slot.tasks_done, slot.timed_out, slot.kill_at = None, 0, None, None
+        slot.term_sent, slot.eof = False, False
+        self.by_pid[pid] = slot
+        if slot.state is State.BACKOFF:
+            slot.to(State.STARTING, f"retrying after {backoff_delay(slot.failures):g}s")
+        else:
+            slot.to(State.STARTING, "forked")
+
+    def _become_worker(
+        self, slot: Slot, consumer_id: str, write_end: int, inherited: list[int]
+    ) -> None:
+        status = 1
+        try:
+            if child.prepare_process(self.pid, inherited, HANDLED_SIGNALS):
+                status = child.run(
+                    slot.settings, consumer_id, write_end, self.pid, self.config.graceful_timeout
+                )
+            else:
+                status = 0
+        except SystemExit as exc:  # a second SIGTERM stops the Worker at once
+            status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            log.exception("Worker for queue %r failed.", slot.settings.queue)
+        finally:
+            logs.flush()
+            os._exit(status)
+
+    # Reaping.
+
+    def _reap(self) -> None:
+        requeues: list[_Requeue] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if pid == 0:
+                break
+            slot = self.by_pid.pop(pid, None)
+            if slot is None:
+                continue
+            requeues.append(self._settle_exit(slot, status))
+        if requeues:
+            self._requeue(requeues)
+
+    def _settle_exit(self, slot: Slot, status: int) -> _Requeue:
+        # Everything the worker wrote before it died is in the pipe: read it to the end,
+        # so a task it finished just before a kill is not taken for one still running.
+        self._read_reports(slot, to_end=True)
+        os.close(slot.pipe)
+        timed_out = None
+        if slot.timed_out is not None and slot.task and slot.task["task"] == slot.timed_out:
+            timed_out = slot.task
+        requeue = _Requeue(slot.settings, slot.consumer_id, slot.pid, timed_out)
+        how = describe_exit(status)
+        lived = time.monotonic() - slot.started_at
+        pool = self.pools.get(slot.settings.queue)
+        slot.pipe, slot.task, slot.kill_at = None, None, None
+        if slot.state is State.STOPPING or self.stopping:
+            if slot.state is not State.STOPPING:
+                slot.to(State.STOPPING, "alligatord is stopping")
+            slot.to(State.EXITED, how)
+            if pool is not None and slot in pool.slots:
+                pool.slots.remove(slot)
+        elif slot.state is State.STARTING and lived < STARTUP_SECONDS:
+            slot.failures += 1
+            delay = backoff_delay(slot.failures)
+            slot.retry_at = time.monotonic() + delay
+            slot.to(
+                State.BACKOFF,
+                f"{how} {lived:.2f}s after its start (failed start #{slot.failures}); "
+                f"next try in {delay:g}s",
+            )
+        else:
+            if slot.state is State.STARTING:  # up long enough, though not yet marked so
+                slot.failures = 0
+                slot.to(State.RUNNING, f"up for {lived:.2f}s")
+            slot.to(State.EXITED, f"{how} unexpectedly; replacing it")
+        slot.pid = None
+        return requeue
+
+    def _read_reports(self, slot: Slot, to_end: bool = False) -> None:
+        if slot.pipe is None:
+            return
+        while True:
+            try:
+                chunk = os.read(slot.pipe, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EINTR:
+                    break
+                continue
+            if not chunk:
+                slot.eof = True  # not polled again: it would be readable for ever
+                break
+            slot.buffer += chunk
+            if not to_end:
+                break
+        *lines, slot.buffer = slot.buffer.split(b"\n")
+        for line in lines:
+            try:
+                self._on_report(slot, json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("%s sent an unreadable report (%s): %r", slot.describe(), exc, line)
+
+    def _on_report(self, slot: Slot, report: dict) -> None:
+        event = report["event"]
+        if event == "running":
+            slot.task = report
+            if report.get("last") and slot.state is not State.STOPPING:
+                slot.to(
+                    State.STOPPING,
+                    f"recycling after this task (max_tasks={slot.settings.max_tasks})",
+                )
+        elif event == "idle":
+            slot.task = None
+            slot.tasks_done = int(report["done"])
+
+    def _requeue(self, requeues: list[_Requeue]) -> None:
+        """Returns reaped workers' in-flight tasks to their queues: one client per DSN,
+        closed at once, so that no connection of the master's outlives this call."""
+        by_dsn: dict[str, list[_Requeue]] = {}
+        for requeue in requeues:
+            by_dsn.setdefault(requeue.settings.dsn, []).append(requeue)
+        for dsn, group in by_dsn.items():
+            try:
+                client = client_class(dsn)(dsn)
+            except Exception as exc:
+                log.error(
+                    "Cannot reach %s to requeue %d dead worker(s)' tasks (%s); they return "
+                    "when their lease runs out.",
+                    redact_dsn(dsn),
+                    len(group),
+                    exc,
+                )
+                continue
+            try:
+                for requeue in group:
+                    self._requeue_one(client, requeue)
+            finally:
+                client.close()
+
+    def _requeue_one(self, client: Client, requeue: _Requeue) -> None:
+        queue = requeue.settings.queue
+        try:
+            if requeue.timed_out is not None:
+                if client.server_requeues_dead_consumers:
+                    log.warning(
+                        "Task %s on queue %r returns to its queue as it was: this backend "
+                        "releases a killed worker's task itself, so the attempt is not counted.",
+                        requeue.timed_out["task"],
+                        queue,
+                    )
+                else:
+                    self._count_timed_out_attempt(client, requeue)
+            count = client.requeue_inflight(queue, requeue.consumer_id)
+        except Exception as exc:
+            log.error(
+                "Cannot requeue the task of dead worker pid %d on queue %r (%s); it returns "
+                "when its lease runs out.",
+                requeue.pid,
+                queue,
+                exc,
+            )
+            return
+        if count:
+            log.info(
+                "Requeued %d task(s) of dead worker pid %d on queue %r.", count, requeue.pid, queue
+            )
+
+    def _count_timed_out_attempt(self, client: Client, requeue: _Requeue) -> None:
+        report, queue = requeue.timed_out, requeue.settings.queue
+        if "retry_data" in report:
+            client.retry(queue, report["task"], requeue.consumer_id, report["retry_data"])
+            log.warning(
+                "Task %s (%s) on queue %r: the killed run counts as a failed attempt; it will "
+                "be retried.",
+                report["task"],
+                report["func"],
+                queue,
+            )
+        elif "bury_data" in report:
+            error = (
+                f"Killed by alligatord: the task ran longer than "
+                f"timeout={requeue.settings.timeout:g}s (worker pid {requeue.pid})."
+            )
+            client.add_dead_letter(
+                queue, report["task"], report["bury_data"], error, requeue.consumer_id
+            )
+            log.warning(
+                "Task %s (%s) on queue %r had no retries left; moved to the dead letters.",
+                report["task"],
+                report["func"],
+                queue,
+            )
+
+    # Telling systemd.
+
+    def _notify(self, now: float) -> None:
+        status = self._status_line()
+        if self.ready_pending and not self.stopping and self._workers_up():
+            self.ready_pending = False
+            self.status = status
+            self.notifier.notify("READY=1", f"STATUS={status}")
+            log.info("Ready: %s", status)
+        elif status != self.status and not self.stopping:
+            self.status = status
+            self.notifier.notify(f"STATUS={status}")
+        if self.notifier.watchdog_interval and now >= self.next_watchdog:
+            self.notifier.notify("WATCHDOG=1")
+            self.next_watchdog = now + self.notifier.watchdog_interval
+
+    def _workers_up(self) -> bool:
+        """Whether every wanted worker has started (or waits to retry a failed start)."""
+        for pool in self.pools.values():
+            if pool.config is None:
+                continue
+            current = [
+                slot
+                for slot in pool.slots
+                if slot.state is not State.STOPPING and slot.settings == pool.config.settings
+            ]
+            if len(current) < pool.config.workers:
+                return False
+            if any(slot.state in (State.STARTING, State.EXITED) for slot in current):
+                return False
+        return True
+
+    def _status_line(self) -> str:
+        parts = []
+        total = 0
+        for name, pool in self.pools.items():
+            if pool.config is None:
+                continue
+            up = sum(
+                1
+                for slot in pool.slots
+                if slot.state in (State.STARTING, State.RUNNING)
+                and slot.settings == pool.config.settings
+            )
+            total += up
+            parts.append(f"{name} {up}/{pool.config.workers}")
+        return f"{total} worker(s) up; " + ", ".join(parts)
+
+
+def _retire_first(slot: Slot) -> tuple:
+    """Which slots to retire first: no process, then not yet up, then idle, newest first."""
+    order = {State.BACKOFF: 0, State.EXITED: 0, State.STARTING: 1, State.RUNNING: 2}
+    return (order.get(slot.state, 3), slot.task is not None, -slot.started_at)

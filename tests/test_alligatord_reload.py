@@ -1,0 +1,89 @@
+"""SIGHUP: alligatord applies a changed file without restarting what did not change."""
+
+import signal
+
+import pytest
+
+from alligator.gator import Gator
+
+from . import alligatord_support as support
+from .alligatord_support import Daemons, lines, sqlite_dsn, write_config
+from .servers import wait_for
+
+
+@pytest.fixture
+def daemons():
+    started = Daemons()
+    yield started
+    started.stop_all()
+
+
+def reload(daemon, config, dsn, queues, **main):
+    write_config(config, dsn, queues, **main)
+    before = daemon.log().count("Reloaded ")
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: daemon.log().count("Reloaded ") > before, message="the reload")
+
+
+def test_scale_up_add_a_queue_scale_down_remove_it_and_survive_a_broken_file(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    config = tmp_path / "a.ini"
+    write_config(config, dsn, {"a": {"workers": 2}}, graceful_timeout=10)
+    daemon = daemons(config)
+    original = daemon.wait_workers({"a": 2})["a"]
+
+    # Scale up a queue and add another: the running workers stay.
+    reload(daemon, config, dsn, {"a": {"workers": 3}, "b": {"workers": 1}}, graceful_timeout=10)
+    workers = daemon.wait_workers({"a": 3, "b": 1})
+    assert set(original) < set(workers["a"])
+
+    # Scale down and remove b while its worker runs a task: the task finishes first.
+    record = tmp_path / "b.txt"
+    Gator(dsn, queue_name="b").task(support.sleep_then_record, str(record), 1.0)
+    wait_for(lambda: lines(record), message="b's task to start")
+    reload(daemon, config, dsn, {"a": {"workers": 1}}, graceful_timeout=10)
+    assert daemon.wait_workers({"a": 1})["a"] == [original[0]]  # the oldest stays
+    assert lines(record) == [f"start {workers['b'][0]}", f"done {workers['b'][0]}"]
+    assert "Queue 'b' removed: stopping its workers." in daemon.log()
+
+    # A broken file is refused; the running configuration stays in force.
+    config.write_text("[alligatord]\ndsn = sqlite:///queue.db\n[queue:a]\nworkers = many\n")
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: "Reload refused" in daemon.log(), message="the refusal")
+    assert "section [queue:a], key workers: expected a whole number >= 0" in daemon.log()
+    assert daemon.process.poll() is None
+    record = tmp_path / "a.txt"
+    Gator(dsn, queue_name="a").task(support.record, str(record), "still working")
+    wait_for(lambda: lines(record) == ["still working"], message="a task after the refusal")
+    assert daemon.wait_workers({"a": 1})["a"] == [original[0]]
+
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_changed_settings_replace_workers_new_ones_first(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    config = tmp_path / "a.ini"
+    write_config(config, dsn, {"a": {"workers": 2}, "b": {"workers": 1}}, graceful_timeout=10)
+    daemon = daemons(config)
+    before = daemon.wait_workers({"a": 2, "b": 1})
+    record = tmp_path / "a.txt"
+    Gator(dsn, queue_name="a").task(support.sleep_then_record, str(record), 1.5)
+    wait_for(lambda: lines(record), message="a's task to start")
+    busy = int(lines(record)[0].split()[1])
+
+    queues = {"a": {"workers": 2, "max_tasks": 50}, "b": {"workers": 1}}
+    reload(daemon, config, dsn, queues, graceful_timeout=10)
+    after = daemon.wait_workers({"a": 2, "b": 1})
+    assert not set(after["a"]) & set(before["a"])  # a's workers were replaced...
+    assert after["b"] == before["b"]  # ...b's were not
+    assert lines(record) == [f"start {busy}", f"done {busy}"]  # the old one finished first
+
+    log = daemon.log()
+    new_up = sorted(log.index(f"(pid {pid}): STARTING -> RUNNING") for pid in after["a"])
+    old_stop = sorted(log.index(f"(pid {pid}): RUNNING -> STOPPING") for pid in before["a"])
+    # Each old worker was asked to go only once a new one was up in its place.
+    assert new_up[0] < old_stop[0] and new_up[1] < old_stop[1]
+
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
