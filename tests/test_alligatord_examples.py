@@ -29,7 +29,7 @@ def test_quickstart_runs_the_task_its_one_liner_enqueues(daemons, tmp_path):
     [one_liner] = [
         line.lstrip("; ").strip()
         for line in config.read_text().splitlines()
-        if line.lstrip("; ").startswith("python -c")
+        if line.lstrip("; ").startswith("python -m")
     ]
     # As after `pip install .`: the packages importable from any directory.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -37,6 +37,7 @@ def test_quickstart_runs_the_task_its_one_liner_enqueues(daemons, tmp_path):
         shlex.split(one_liner), cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert enqueue.returncode == 0, enqueue.stderr
+    assert enqueue.stdout.startswith("Queued task ")
     assert (tmp_path / "alligator-quickstart.db").exists()
 
     daemon = daemons(config, cwd=tmp_path, env=env, log_path=tmp_path / "alligatord.log")
