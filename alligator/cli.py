@@ -45,11 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:
-        worker = Worker(Gator(args.dsn), args.max_tasks, args.queue, args.nap_time)
-    except AlligatorException as exc:
+        Worker(Gator(args.dsn), args.max_tasks, args.queue, args.nap_time).run_forever()
+    except AlligatorException as exc:  # a bad DSN or queue name: nothing a retry would fix
         print(f"latergator: {exc}", file=sys.stderr)
         return 2
-    worker.run_forever()
     return 0
 
 

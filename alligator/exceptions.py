@@ -39,5 +39,25 @@ class BackendError(AlligatorException):
     """
 
 
+class DuplicateTaskError(AlligatorException):
+    """A task with the same id is already waiting, in flight or dead in that queue."""
+
+
+class InvalidQueueError(AlligatorException):
+    """A queue name the backend cannot use (e.g. characters beanstalkd refuses in a tube)."""
+
+
+class SettleError(BackendError):
+    """
+    A task ran, but its outcome (ack, retry or dead letter) could not be stored.
+
+    ``settle()`` tries to store it again; until it succeeds the task stays in flight.
+    """
+
+    def __init__(self, message: str, settle) -> None:
+        super().__init__(message)
+        self.settle = settle
+
+
 class TaskNotFound(AlligatorException):
     """No queued task has the given id (it may have run, or been canceled)."""

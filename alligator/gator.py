@@ -3,14 +3,17 @@
 import logging
 import os
 import socket
+import threading
 import traceback
 import uuid
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .backends import Client, DeadLetter, Reserved, client_class
 from .constants import ALL
-from .exceptions import AlligatorException, InvalidTaskError, TaskNotFound
-from .tasks import Task
+from .exceptions import BackendError, InvalidTaskError, SettleError, TaskNotFound
+from .tasks import TASK_ERRORS, Task
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +166,9 @@ class Gator:
 
         This includes handling retries & re-raising exceptions. A failure with retries left
         runs a synchronous task again at once, and puts an async task back on its queue
-        with one fewer retry (status "retrying"). The last failure of an async task puts it
-        in the queue's dead-letter store with its error text, then re-raises.
+        with one fewer retry (status "retrying"). The last failure of an async task (or of
+        any task taken off the queue) puts it in the queue's dead-letter store with its
+        error text, then re-raises.
 
         Ex::
 
@@ -174,11 +178,12 @@ class Gator:
 
         :param task: The task to run
         :returns: The completed ``Task`` instance
+        :raises SettleError: The task ran, but its outcome could not be stored in the queue
         """
         while True:
             try:
                 task.run()
-            except Exception as exc:
+            except TASK_ERRORS as exc:
                 if task.retries > 0:
                     task.retries -= 1
                     log.warning(
@@ -191,15 +196,28 @@ class Gator:
                     )
                     if not task.is_async:
                         continue
-                    self._retry_later(task)
+                    self._settle(task.task_id, partial(self._retry_later, task))
                     return task
-                if task.is_async:
-                    self._bury(task, task.serialize(), exc)
+                if task.is_async or task.reserved_by is not None:
+                    error = "".join(traceback.format_exception(exc)).strip()
+                    self._settle(task.task_id, partial(self._bury, task, error))
                 raise
             if task.reserved_by is not None:
-                self.backend.ack(self.queue_name, task.task_id, task.reserved_by)
-                task.reserved_by = None
+                self._settle(task.task_id, partial(self._ack, task))
             return task
+
+    @staticmethod
+    def _settle(task_id: str, store: Callable[[], None]) -> None:
+        try:
+            store()
+        except BackendError as exc:
+            raise SettleError(
+                f"The outcome of task {task_id} could not be stored in the queue: {exc}", store
+            ) from exc
+
+    def _ack(self, task: Task) -> None:
+        self.backend.ack(self.queue_name, task.task_id, task.reserved_by)
+        task.reserved_by = None
 
     def _retry_later(self, task: Task) -> None:
         data = task.serialize()
@@ -211,10 +229,9 @@ class Gator:
             )
             task.reserved_by = None
 
-    def _bury(self, task: Task, data: str, exc: BaseException) -> None:
-        error = "".join(traceback.format_exception(exc)).strip()
+    def _bury(self, task: Task, error: str) -> None:
         self.backend.add_dead_letter(
-            self.queue_name, task.task_id, data, error, consumer_id=task.reserved_by
+            self.queue_name, task.task_id, task.serialize(), error, consumer_id=task.reserved_by
         )
         task.reserved_by = None
 
@@ -245,9 +262,17 @@ class Gator:
     def _decode(self, reserved: Reserved, consumer_id: str) -> Task:
         try:
             task = self.task_class.deserialize(reserved.data)
-        except AlligatorException as exc:
-            self.backend.add_dead_letter(
-                self.queue_name, reserved.task_id, reserved.data, str(exc), consumer_id
+        except Exception as exc:  # whatever the payload is, it must not stop a worker
+            self._settle(
+                reserved.task_id,
+                partial(
+                    self.backend.add_dead_letter,
+                    self.queue_name,
+                    reserved.task_id,
+                    reserved.data,
+                    str(exc),
+                    consumer_id,
+                ),
             )
             raise InvalidTaskError(
                 f"Task {reserved.task_id} in queue {self.queue_name!r} cannot be run and was "
@@ -274,7 +299,10 @@ class Gator:
         :returns: The completed ``Task`` instance, or ``None`` if the queue is empty
         """
         task = self.reserve(self.consumer_id)
-        return None if task is None else self.execute(task)
+        if task is None:
+            return None
+        with LeaseKeeper(self, self.consumer_id):
+            return self.execute(task)
 
     def get(self, task_id: str) -> Task:
         """
@@ -295,7 +323,9 @@ class Gator:
         reserved = self.backend.get(self.queue_name, task_id, self.consumer_id)
         if reserved is None:
             raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
-        return self.execute(self._decode(reserved, self.consumer_id))
+        task = self._decode(reserved, self.consumer_id)
+        with LeaseKeeper(self, self.consumer_id):
+            return self.execute(task)
 
     def cancel(self, task_id: str) -> Task:
         """
@@ -316,7 +346,16 @@ class Gator:
         data = self.backend.cancel(self.queue_name, task_id)
         if data is None:
             raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
-        task = self.task_class.deserialize(data)
+        try:
+            task = self.task_class.deserialize(data)
+        except Exception as exc:
+            # Canceled all the same; its payload is kept where a person can look at it.
+            reason = f"Canceled, but its payload cannot be decoded: {exc}"
+            self.backend.add_dead_letter(self.queue_name, task_id, data, reason)
+            raise InvalidTaskError(
+                f"Task {task_id} was canceled, but its payload cannot be decoded ({exc}); "
+                f"it was moved to the dead-letter store."
+            ) from exc
         task.task_id = task_id
         task.to_canceled()
         return task
@@ -358,6 +397,47 @@ class Gator:
         :returns: How many were deleted
         """
         return self.backend.purge_dead_letters(self.queue_name)
+
+
+class LeaseKeeper(threading.Thread):
+    """
+    While it runs, renews a consumer's lease on its in-flight tasks every ``lease / 3``
+    seconds, and returns the tasks of consumers whose lease ran out to their queue.
+
+    Ex::
+
+        with LeaseKeeper(gator, consumer_id):
+            gator.execute(task)
+    """
+
+    def __init__(self, gator: Gator, consumer_id: str) -> None:
+        super().__init__(name=f"alligator-lease-{consumer_id}", daemon=True)
+        self.backend, self.queue_name = gator.backend, gator.queue_name
+        self.consumer_id = consumer_id
+        self.interval = self.backend.lease / 3
+        self._stopped = threading.Event()
+
+    def __enter__(self) -> "LeaseKeeper":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self.backend.keepalive(self.queue_name, self.consumer_id)
+                requeued = self.backend.requeue_expired(self.queue_name)
+            except Exception as exc:
+                log.warning("Cannot renew the lease on queue %r: %s", self.queue_name, exc)
+                continue
+            if requeued:
+                log.warning(
+                    "Requeued %d task(s) of queue %r whose worker stopped renewing its lease.",
+                    requeued,
+                    self.queue_name,
+                )
 
 
 class Options:

@@ -1,6 +1,7 @@
 """Task: what to call, how to run it (options, hooks) and how it travels (JSON)."""
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,13 @@ from .constants import CANCELED, DELAYED, FAILED, RETRYING, SUCCESS, WAITING
 from .exceptions import InvalidTaskError
 from .utils import dotted_path, resolve_path
 
+log = logging.getLogger(__name__)
+
 HOOKS = ("on_start", "on_success", "on_error")
+
+#: What a task may raise that counts as its failure: ``sys.exit()`` inside a task is a bug
+#: of that task, not a request to stop the worker running it.
+TASK_ERRORS = (Exception, SystemExit)
 
 
 class Task:
@@ -54,7 +61,7 @@ class Task:
         if "async" in legacy:
             is_async = legacy.pop("async")
         if legacy:
-            raise TypeError(f"Unknown task option(s): {', '.join(sorted(legacy))}.")
+            raise InvalidTaskError(f"Unknown task option(s): {', '.join(sorted(legacy))}.")
         if task_id is not None and not isinstance(task_id, str):
             raise InvalidTaskError(f"task_id must be a string, not {task_id!r}.")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -143,6 +150,10 @@ class Task:
         Then the exception is re-raised. A failure with retries left marks the task
         "retrying" and re-raises without calling ``on_error``.
 
+        An ``on_start`` hook that raises fails the attempt. An ``on_success`` or ``on_error``
+        hook that raises is logged and does not change the outcome: a task that succeeded is
+        never run again because of its hook.
+
         Ex::
 
             result = task.run()
@@ -154,15 +165,15 @@ class Task:
         try:
             self._call_hook("on_start", self)
             self.result = self.func(*self.func_args, **self.func_kwargs)
-        except Exception as exc:
+        except TASK_ERRORS as exc:
             if self.retries > 0:
                 self.to_retrying()
             else:
                 self.to_failed()
-                self._call_hook("on_error", self, exc)
+                self._call_outcome_hook("on_error", exc)
             raise
         self.to_success()
-        self._call_hook("on_success", self, self.result)
+        self._call_outcome_hook("on_success", self.result)
         return self.result
 
     def _call_hook(self, name: str, *args: Any) -> None:
@@ -172,6 +183,14 @@ class Task:
         if isinstance(hook, str):
             hook = resolve_path(hook)
         hook(*args)
+
+    def _call_outcome_hook(self, name: str, outcome: Any) -> None:
+        try:
+            self._call_hook(name, self, outcome)
+        except TASK_ERRORS:
+            log.exception(
+                "The %s hook of task %s (%s) failed.", name, self.task_id, self.func_path
+            )
 
     def serialize(self) -> str:
         """

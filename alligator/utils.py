@@ -53,8 +53,10 @@ def import_module(module_name: str) -> ModuleType:
     """
     try:
         return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownModuleError(f"Could not import module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a module can fail at import with anything, not just ImportError
+        raise UnknownModuleError(
+            f"Could not import module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def import_attr(module_name: str, attr_name: str) -> Any:

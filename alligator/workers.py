@@ -6,12 +6,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .constants import SUCCESS
-from .exceptions import AlligatorException, BackendError
-from .gator import Gator, new_consumer_id
-from .tasks import Task
+from .exceptions import AlligatorException, BackendError, InvalidTaskError, SettleError
+from .gator import Gator, LeaseKeeper, new_consumer_id
+from .tasks import TASK_ERRORS, Task
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Worker:
         nap_time: float = 0.1,
         consumer_id: str | None = None,
     ) -> None:
+        if isinstance(nap_time, bool) or not isinstance(nap_time, int | float) or nap_time <= 0:
+            raise AlligatorException(
+                f"nap_time must be a number of seconds > 0, not {nap_time!r}."
+            )
         if to_consume is not None and to_consume != gator.queue_name:
             gator = copy.copy(gator)  # shares the backend connection
             gator.queue_name = to_consume
@@ -58,6 +63,9 @@ class Worker:
         self.consumer_id = consumer_id or new_consumer_id()
         self.tasks_complete = 0
         self.keep_running = False
+        self._outage = False
+        # Stores the outcome of a task that ran while the backend was unreachable.
+        self._unsettled: Callable[[], None] | None = None
 
     def ident(self) -> str:
         """
@@ -103,27 +111,52 @@ class Worker:
         reached.
 
         In the main thread, SIGTERM and SIGINT stop it gracefully (the task in hand
-        finishes); a second signal stops it at once, leaving that task to be requeued.
+        finishes); a second signal stops it at once (``SystemExit``), leaving that task to
+        be requeued.
         """
         self.keep_running = True
         self.starting()
         restore_signals = self._install_signal_handlers()
-        heartbeat = _Heartbeat(self.gator, self.consumer_id)
-        heartbeat.start()
         try:
-            backoff = BACKOFF_FIRST
-            while self.keep_running and not self._reached_max_tasks():
-                try:
-                    self._consume_one()
-                    backoff = BACKOFF_FIRST
-                except BackendError as exc:
-                    log.warning("Queue backend unavailable (%s); retrying in %.1fs.", exc, backoff)
-                    self._nap(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+            with LeaseKeeper(self.gator, self.consumer_id):
+                self._loop()
+        except _StopNow as stop:
+            raise SystemExit(128 + stop.signum) from None
         finally:
-            heartbeat.stop()
             restore_signals()
             self.stopping()
+
+    def _loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        while self.keep_running and not self._reached_max_tasks():
+            try:
+                if self._unsettled is not None:
+                    self._unsettled()
+                    self._unsettled = None
+                self._consume_one()
+            except SettleError as exc:
+                self._unsettled = exc.settle
+                self._backend_down(exc, backoff)
+            except BackendError as exc:
+                self._backend_down(exc, backoff)
+            else:
+                if self._outage:
+                    self._outage = False
+                    log.info("Queue backend reachable again.")
+                backoff = BACKOFF_FIRST
+                continue
+            self._nap(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _backend_down(self, exc: BackendError, backoff: float) -> None:
+        # One line an outage; the retries that follow are only worth a debug line.
+        if self._outage:
+            log.debug("Queue backend still unavailable (%s); retrying in %.1fs.", exc, backoff)
+            return
+        self._outage = True
+        log.warning(
+            "Queue backend unavailable (%s); retrying with backoff up to %gs.", exc, BACKOFF_MAX
+        )
 
     def _reached_max_tasks(self) -> bool:
         return bool(self.max_tasks) and self.tasks_complete >= self.max_tasks
@@ -131,9 +164,7 @@ class Worker:
     def _consume_one(self) -> None:
         try:
             task = self.gator.reserve(self.consumer_id, RESERVE_TIMEOUT, self.nap_time)
-        except BackendError:
-            raise
-        except AlligatorException as exc:  # an undecodable payload, already dead-lettered
+        except InvalidTaskError as exc:  # an undecodable payload, already dead-lettered
             self.tasks_complete += 1
             log.error("%s", exc)
             return
@@ -143,9 +174,9 @@ class Worker:
         self.running(task)
         try:
             self.gator.execute(task)
-        except BackendError:
+        except SettleError:
             raise
-        except Exception:
+        except TASK_ERRORS:
             log.exception("Task %s (%s) failed.", task.task_id, task.func_path)
         else:
             if task.status == SUCCESS:
@@ -160,7 +191,7 @@ class Worker:
         while self.keep_running and time.monotonic() < deadline:
             time.sleep(min(0.1, deadline - time.monotonic()))
 
-    def _install_signal_handlers(self):
+    def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         signals = (signal.SIGTERM, signal.SIGINT)
@@ -168,7 +199,7 @@ class Worker:
 
         def handle(signum, frame):
             if not self.keep_running:
-                raise SystemExit(128 + signum)
+                raise _StopNow(signum)
             # Only a flag: the loop notices it between tasks.
             self.keep_running = False
 
@@ -182,32 +213,12 @@ class Worker:
         return restore
 
 
-class _Heartbeat(threading.Thread):
-    """Keeps the worker's lease alive and returns tasks of consumers whose lease expired."""
+class _StopNow(BaseException):
+    """Raised by a second stop signal through whatever the worker is doing, task included.
 
-    def __init__(self, gator: Gator, consumer_id: str) -> None:
-        super().__init__(name=f"alligator-heartbeat-{consumer_id}", daemon=True)
-        self.gator = gator
-        self.consumer_id = consumer_id
-        self.interval = gator.backend.lease / 3
-        self._stopped = threading.Event()
+    Not a ``SystemExit``: a task's own ``sys.exit()`` counts as its failure, this does not.
+    """
 
-    def run(self) -> None:
-        backend, queue_name = self.gator.backend, self.gator.queue_name
-        while True:
-            try:
-                backend.keepalive(queue_name, self.consumer_id)
-                requeued = backend.requeue_expired(queue_name)
-                if requeued:
-                    log.warning(
-                        "Requeued %d task(s) of queue %r whose worker stopped renewing its lease.",
-                        requeued,
-                        queue_name,
-                    )
-            except Exception as exc:
-                log.warning("Heartbeat for queue %r failed: %s", queue_name, exc)
-            if self._stopped.wait(self.interval):
-                return
-
-    def stop(self) -> None:
-        self._stopped.set()
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

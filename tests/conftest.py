@@ -75,6 +75,12 @@ def leased_backend_dsn(request, tmp_path):
     return make_dsn(request, tmp_path)
 
 
+@pytest.fixture(params=["locmem", "sqlite", "redis"])
+def keyed_backend_dsn(request, tmp_path):
+    """Every backend that stores tasks under the caller's ids (beanstalkd assigns its own)."""
+    return make_dsn(request, tmp_path)
+
+
 @pytest.fixture
 def queue_name():
     """A queue name no other test uses (beanstalkd tubes outlive a test)."""

@@ -1,6 +1,7 @@
 """Importable task functions the tests enqueue (workers in other processes import them)."""
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,11 @@ def add(a, b):
 
 def fail(message="boom"):
     raise ValueError(message)
+
+
+def exit_early():
+    """A buggy task: it asks the whole process to exit."""
+    sys.exit(3)
 
 
 def append_line(path, line):

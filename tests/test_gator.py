@@ -1,3 +1,4 @@
+import threading
 import time
 import uuid
 
@@ -209,7 +210,7 @@ def test_bad_options_are_refused_when_given(gator):
         from datetime import datetime
 
         gator.options(delay_until=datetime(2030, 1, 1))
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidTaskError, match="retry"):
         gator.options(retry=3)
 
 
@@ -252,3 +253,38 @@ def test_dsn_errors_do_not_show_passwords(dsn):
     with pytest.raises(InvalidDSNError) as error:
         Gator(dsn)
     assert "hunter2" not in str(error.value) and "app:***@host" in str(error.value)
+
+
+def test_a_queued_sync_payload_is_settled_too(gator):
+    payload = (
+        '{"task_id": "sync", "retries": 0, "async": false, "module": "tests.tasks", '
+        '"callable": "fail", "args": ["from the queue"]}'
+    )
+    gator.backend.push(gator.queue_name, "sync", payload)
+    with pytest.raises(ValueError, match="from the queue"):
+        gator.pop()
+    assert [d.task_id for d in gator.dead_letters()] == ["sync"]
+    assert gator.backend.requeue_inflight(gator.queue_name, gator.consumer_id) == 0
+
+
+def test_pop_keeps_the_lease_of_a_long_task(tmp_path):
+    gator = Gator(f"locmem://{uuid.uuid4().hex}?lease=0.6")
+    record = tmp_path / "ran.txt"
+    gator.task(tasks.record_then_sleep, str(record), 1.5)
+    popping = threading.Thread(target=gator.pop)
+    popping.start()
+    requeued = 0
+    while popping.is_alive():
+        requeued += gator.backend.requeue_expired(gator.queue_name)
+        time.sleep(0.05)
+    assert requeued == 0 and gator.len() == 0
+    assert len(tasks.lines(record)) == 1
+
+
+def test_cancel_keeps_a_payload_that_cannot_be_decoded(gator):
+    gator.backend.push(gator.queue_name, "junk", "{not json")
+    with pytest.raises(InvalidTaskError, match="dead-letter"):
+        gator.cancel("junk")
+    assert gator.len() == 0
+    [dead] = gator.dead_letters()
+    assert (dead.task_id, dead.data) == ("junk", "{not json")

@@ -32,7 +32,7 @@ def test_defaults():
 
 def test_async_keyword_is_accepted():
     assert Task(**{"async": False}).is_async is False
-    with pytest.raises(TypeError, match="bogus"):
+    with pytest.raises(InvalidTaskError, match="bogus"):
         Task(bogus=1)
 
 
@@ -87,6 +87,27 @@ def test_on_error_fires_only_after_the_last_attempt():
         task.run()
     assert task.status == FAILED
     assert hooks.CALLS == [("error", task.task_id, "nope")]
+
+
+def test_a_failing_outcome_hook_does_not_change_the_outcome(caplog):
+    task = Task(on_success="tests.tasks.fail", retries=3)
+    task.to_call(tasks.add, 1, 2)
+    assert task.run() == 3 and task.status == SUCCESS
+    assert "on_success hook" in caplog.text
+
+    task = Task(on_error=tasks.fail)
+    task.to_call(tasks.fail, "the task's own error")
+    with pytest.raises(ValueError, match="the task's own error"):
+        task.run()
+    assert task.status == FAILED and "on_error hook" in caplog.text
+
+
+def test_sys_exit_in_a_task_is_its_failure():
+    task = Task()
+    task.to_call(tasks.exit_early)
+    with pytest.raises(SystemExit):
+        task.run()
+    assert task.status == FAILED
 
 
 def test_serialize_round_trip():

@@ -51,6 +51,11 @@ def test_import_module():
         import_module("no_such_module")
 
 
+def test_a_module_that_fails_at_import_is_an_unknown_module():
+    with pytest.raises(exceptions.UnknownModuleError, match="KeyError: 'DATABASE_URL'"):
+        import_module("tests.broken_on_import")
+
+
 def test_import_attr():
     assert import_attr("random", "choice") == choice
     with pytest.raises(exceptions.UnknownCallableError, match="random.*nope"):

@@ -1,13 +1,17 @@
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
 from alligator import Gator, Worker
+from alligator.backends.locmem_backend import Client as LocmemClient
+from alligator.exceptions import AlligatorException, BackendError
 from alligator.gator import new_consumer_id
 
 from . import hooks, tasks
@@ -57,6 +61,79 @@ def test_unimportable_task_is_dead_lettered(gator):
     assert dead.task_id == "gone" and "removed_since" in dead.error
 
 
+def test_poison_tasks_do_not_stop_the_worker(gator):
+    broken = (
+        '{"task_id": "broken", "retries": 0, "async": true, "module": "tests.broken_on_import", '
+        '"callable": "task"}'
+    )
+    gator.backend.push(gator.queue_name, "broken", broken)
+    exiting = gator.task(tasks.exit_early)
+    gator.task(tasks.add, 1, 1)
+    worker = Worker(gator, max_tasks=3)
+    worker.run_forever()
+    assert worker.tasks_complete == 3 and gator.len() == 0
+    dead = {d.task_id: d.error for d in gator.dead_letters()}
+    assert "DATABASE_URL" in dead["broken"]
+    assert "SystemExit: 3" in dead[exiting.task_id]
+
+
+def test_nap_time_must_be_positive(gator):
+    with pytest.raises(AlligatorException, match="nap_time"):
+        Worker(gator, nap_time=0)
+
+
+class FlakyBackend(LocmemClient):
+    """A local queue whose server "goes away" for the calls named in ``outages``."""
+
+    outages = {"reserve": 0, "ack": 0}
+
+    def _maybe_fail(self, call):
+        if self.outages[call] > 0:
+            self.outages[call] -= 1
+            raise BackendError(f"{call}: connection refused")
+
+    def reserve(self, *args, **kwargs):
+        self._maybe_fail("reserve")
+        return super().reserve(*args, **kwargs)
+
+    def ack(self, *args, **kwargs):
+        self._maybe_fail("ack")
+        return super().ack(*args, **kwargs)
+
+
+def flaky_gator(reserve_outages=0, ack_outages=0):
+    FlakyBackend.outages = {"reserve": reserve_outages, "ack": ack_outages}
+    return Gator(f"locmem://{uuid.uuid4().hex}", backend_class=FlakyBackend)
+
+
+def test_an_outage_is_logged_once_and_its_end_too(caplog):
+    gator = flaky_gator(reserve_outages=4)
+    gator.task(tasks.add, 1, 1)
+    caplog.set_level(logging.DEBUG, logger="alligator.workers")
+    Worker(gator, max_tasks=1).run_forever()
+    logged = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "alligator.workers"
+    ]
+    assert [level for level, _ in logged] == ["WARNING", "DEBUG", "DEBUG", "DEBUG", "INFO"]
+    assert logged[0][1].startswith("Queue backend unavailable (reserve: connection refused)")
+    assert logged[-1][1] == "Queue backend reachable again."
+
+
+def test_an_outcome_that_could_not_be_stored_is_stored_before_the_next_task(tmp_path):
+    gator = flaky_gator(ack_outages=2)
+    record = tmp_path / "ran.txt"
+    first = gator.task(tasks.append_line, str(record), "first")
+    gator.task(tasks.append_line, str(record), "second")
+    worker = Worker(gator, max_tasks=2)
+    worker.run_forever()
+    # Each task ran once, and the first one's ack was retried until it was stored.
+    assert tasks.lines(record) == ["first", "second"]
+    assert FlakyBackend.outages["ack"] == 0
+    backend = gator.backend
+    assert backend.requeue_inflight(gator.queue_name, worker.consumer_id) == 0
+    assert backend.cancel(gator.queue_name, first.task_id) is None
+
+
 def test_to_consume_names_the_queue(gator):
     other = Gator(gator.conn_string, queue_name="images")
     other.task(tasks.add, 1, 1)
@@ -100,7 +177,7 @@ def test_idle_worker_blocks_instead_of_napping(gator):
     assert time.monotonic() - started < 10
 
 
-def test_heartbeat_keeps_the_lease_and_requeues_expired_ones(gator):
+def test_a_live_worker_requeues_the_task_of_a_consumer_whose_lease_expired(gator):
     dsn = gator.conn_string + "?lease=0.6"
     leased = Gator(dsn)
     # A task held by a consumer that never renews its lease (a dead worker) is handed

@@ -20,6 +20,12 @@ that saw it die) or ``requeue_expired`` (called by any live worker once the cons
 lease ran out) puts the task back at the front of its queue. Live consumers renew their
 lease with ``keepalive`` every ``lease / 3`` seconds.
 
+Task ids are unique within a queue: pushing an id that is waiting, in flight or dead in
+that queue raises ``DuplicateTaskError`` (a backend that assigns its own ids never does).
+Only the consumer holding a task settles it: ``ack``, ``retry`` and ``add_dead_letter``
+from a consumer that no longer holds the task (its lease ran out and the task went back
+to the queue, maybe to another consumer) change nothing.
+
 Each backend module states its own delivery semantics in its docstring.
 """
 
@@ -92,6 +98,7 @@ class Client:
 
         :param delay_until: Epoch seconds before which the task must not be reserved
         :returns: The task id the backend stores it under (a backend may assign its own)
+        :raises DuplicateTaskError: The id is already waiting, in flight or dead here
         """
         raise NotImplementedError
 
@@ -115,7 +122,8 @@ class Client:
 
     def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
         """
-        Removes a finished task from ``consumer_id``'s in-flight set, for good.
+        Removes a finished task from ``consumer_id``'s in-flight set, for good. Does nothing
+        if ``consumer_id`` does not hold it.
 
         Ex::
 
@@ -132,7 +140,8 @@ class Client:
         delay_until: float | None = None,
     ) -> str:
         """
-        Replaces an in-flight task's payload and makes it ready again (or delayed).
+        Replaces an in-flight task's payload and makes it ready again (or delayed). Does
+        nothing if ``consumer_id`` does not hold it.
 
         Ex::
 
@@ -234,7 +243,8 @@ class Client:
         """
         Stores a failed task in the queue's dead-letter store with its error text.
 
-        With ``consumer_id``, the task leaves that consumer's in-flight set in the same step.
+        With ``consumer_id``, the task leaves that consumer's in-flight set in the same step,
+        and nothing happens if that consumer does not hold it.
 
         Ex::
 

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..exceptions import DuplicateTaskError
 from . import Client as BaseClient
 from . import DeadLetter, Reserved, dsn_options
 
@@ -69,13 +70,22 @@ class Client(BaseClient):
         store = self._store
         with store.changed:
             queue = store.queue(queue_name)
-            if delay_until is not None and delay_until > time.time():
-                heapq.heappush(queue.delayed, (delay_until, next(store.sequence), task_id))
-                queue.delayed_data[task_id] = data
-            else:
-                queue.ready[task_id] = data
+            if any(task_id in held for held in (queue.ready, queue.delayed_data, queue.inflight)):
+                raise DuplicateTaskError(f"Task {task_id!r} is already in queue {queue_name!r}.")
+            if task_id in queue.dead:
+                raise DuplicateTaskError(
+                    f"Task {task_id!r} is in the dead-letter store of queue {queue_name!r}."
+                )
+            self._add(queue, task_id, data, delay_until)
             store.changed.notify_all()
         return task_id
+
+    def _add(self, queue: _Queue, task_id: str, data: str, delay_until: float | None) -> None:
+        if delay_until is not None and delay_until > time.time():
+            heapq.heappush(queue.delayed, (delay_until, next(self._store.sequence), task_id))
+            queue.delayed_data[task_id] = data
+        else:
+            queue.ready[task_id] = data
 
     def _promote_due(self, queue: _Queue) -> float | None:
         """Moves due delayed tasks to ready; returns seconds until the next one is due."""
@@ -111,18 +121,25 @@ class Client(BaseClient):
                     return None
                 store.changed.wait(remaining if next_due is None else min(remaining, next_due))
 
+    @staticmethod
+    def _release(queue: _Queue, task_id: str, consumer_id: str) -> bool:
+        """Takes a task out of flight if ``consumer_id`` holds it; says whether it did."""
+        if queue.inflight.get(task_id, (None,))[0] != consumer_id:
+            return False
+        del queue.inflight[task_id]
+        return True
+
     def ack(self, queue_name, task_id, consumer_id):
         with self._store.changed:
-            queue = self._store.queue(queue_name)
-            if queue.inflight.get(task_id, (None,))[0] == consumer_id:
-                del queue.inflight[task_id]
+            self._release(self._store.queue(queue_name), task_id, consumer_id)
 
     def retry(self, queue_name, task_id, consumer_id, data, delay_until=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            if queue.inflight.get(task_id, (None,))[0] == consumer_id:
-                del queue.inflight[task_id]
-        return self.push(queue_name, task_id, data, delay_until)
+            if self._release(queue, task_id, consumer_id):
+                self._add(queue, task_id, data, delay_until)
+                self._store.changed.notify_all()
+        return task_id
 
     def _requeue_front(self, queue: _Queue, task_ids: list[str]) -> int:
         # Reversed, so that the oldest in-flight task ends up first.
@@ -148,12 +165,11 @@ class Client(BaseClient):
         store = self._store
         with store.changed:
             now = time.monotonic()
+            gone = {owner for owner, ends in store.lease_ends.items() if ends < now}
+            for owner in gone:
+                del store.lease_ends[owner]
             queue = store.queue(queue_name)
-            expired = [
-                tid
-                for tid, (owner, _) in queue.inflight.items()
-                if store.lease_ends.get(owner, 0.0) < now
-            ]
+            expired = [tid for tid, (owner, _) in queue.inflight.items() if owner in gone]
             return self._requeue_front(queue, expired)
 
     def _remove_waiting(self, queue: _Queue, task_id: str) -> str | None:
@@ -186,9 +202,8 @@ class Client(BaseClient):
     def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            if consumer_id is not None and queue.inflight.get(task_id, (None,))[0] == consumer_id:
-                del queue.inflight[task_id]
-            queue.dead[task_id] = DeadLetter(task_id, data, error, time.time())
+            if consumer_id is None or self._release(queue, task_id, consumer_id):
+                queue.dead[task_id] = DeadLetter(task_id, data, error, time.time())
 
     def list_dead_letters(self, queue_name):
         with self._store.changed:
