@@ -19,12 +19,21 @@ Delivery semantics:
   in-flight list owned by the consumer id; only ``ack`` (after the task finished),
   ``retry`` or ``add_dead_letter`` takes it out. A task is never dropped between steps:
   every step that moves it is one Redis command or one Lua script.
+- **One task per id.** Task ids are unique within a queue: ``push`` of an id that is
+  waiting, in flight or dead there raises ``DuplicateTaskError`` (checked inside the push
+  script, so it costs no round trip).
+- **Only the holder settles.** ``ack``, ``retry`` and ``add_dead_letter`` with a consumer id
+  first take the id out of that consumer's in-flight list; when it is not there (its lease
+  ran out and the task went back to the queue) they change nothing.
 - **FIFO** within a queue. Tasks that come back from in-flight (``requeue_inflight``,
   ``requeue_expired``) go to the *front* of the queue, the oldest first; retried and
   requeued dead-letter tasks go to the back.
 - **Death of a worker.** Each consumer holds a lease key that expires after ``lease``
   seconds unless ``keepalive`` renews it (a Worker does so every ``lease / 3`` seconds from
-  its heartbeat thread). Once it expired, any live worker's ``requeue_expired`` returns
+  its heartbeat thread). A reserve registers the consumer and renews its lease only when it
+  is not registered or less than half its lease is left, so a busy worker's reserves write
+  nothing but the task's move; a consumer that was swept registers again on its next
+  reserve. Once a lease expired, any live worker's ``requeue_expired`` returns
   that consumer's in-flight tasks; a supervisor that saw the process die calls
   ``requeue_inflight`` at once. A long task in a live worker is never handed out twice.
 - **Delayed tasks** wait in a sorted set scored by their due time (the Redis server's
@@ -53,7 +62,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..exceptions import BackendError, InvalidDSNError
+from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from . import Client as BaseClient
 from . import DeadLetter, Reserved, dsn_options, redact_dsn
 
@@ -90,10 +99,26 @@ local function now()
 end
 """
 
-# KEYS: ready, delayed, data. ARGV: id, payload, due ('' for none).
+# Registers the consumer and renews its lease before a task enters its in-flight list, so a
+# sweep can find it. A live worker's heartbeat keeps both, so this writes only for a new
+# consumer, one that was swept, or one whose lease is half gone (no heartbeat, e.g. pop()).
+_HOLD = """
+local function hold(consumers, lease, consumer, lease_ms)
+  if redis.call('SISMEMBER', consumers, consumer) == 0
+      or redis.call('PTTL', lease) < tonumber(lease_ms) / 2 then
+    redis.call('SADD', consumers, consumer)
+    redis.call('SET', lease, '1', 'PX', lease_ms)
+  end
+end
+"""
+
+# KEYS: ready, delayed, data, dead. ARGV: id, payload, due ('' for none).
+# Returns 1, or 0 when the id is waiting or in flight (its payload is stored), -1 when dead.
 _PUSH = (
     _NOW
     + """
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return -1 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' and tonumber(ARGV[3]) > now() then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
@@ -108,6 +133,7 @@ return 1
 # Returns {id, payload}, or the milliseconds until the next delayed task is due (-1: none).
 _RESERVE = (
     _NOW
+    + _HOLD
     + """
 local t = now()
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', t, 'LIMIT', 0, tonumber(ARGV[3]))
@@ -115,15 +141,13 @@ if #due > 0 then
   redis.call('ZREM', KEYS[2], unpack(due))
   redis.call('RPUSH', KEYS[1], unpack(due))
 end
--- Registered and leased before anything enters its in-flight list, so a sweep finds it.
-redis.call('SADD', KEYS[6], ARGV[1])
-redis.call('SET', KEYS[5], '1', 'PX', ARGV[2])
+hold(KEYS[6], KEYS[5], ARGV[1], ARGV[2])
 while true do
   local id = redis.call('LMOVE', KEYS[1], KEYS[4], 'LEFT', 'LEFT')
   if not id then break end
   local data = redis.call('HGET', KEYS[3], id)
   if data then return {id, data} end
-  -- An id whose payload is gone (a duplicate of a finished task): drop it.
+  -- An id without a payload (e.g. a list edited by hand) has nothing to run: drop it.
   redis.call('LPOP', KEYS[4])
 end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -134,13 +158,15 @@ return -1
 
 # Runs right after a BLMOVE in the same pipeline: the task it moved is at the head.
 # KEYS: inflight, data, lease, consumers. ARGV: consumer, lease ms.
-_FETCH = """
+_FETCH = (
+    _HOLD
+    + """
 local id = redis.call('LINDEX', KEYS[1], 0)
 if not id then return nil end
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+hold(KEYS[4], KEYS[3], ARGV[1], ARGV[2])
 return {id, redis.call('HGET', KEYS[2], id)}
 """
+)
 
 # KEYS: inflight, data. ARGV: id.
 _ACK = """
@@ -155,13 +181,8 @@ return 0
 _RETRY = (
     _NOW
     + """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
-  -- No longer ours (its lease lapsed and it was requeued): update it where it is.
-  if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-  end
-  return 0
-end
+-- Not held by this consumer (its lease ran out and the task went back): leave it be.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' and tonumber(ARGV[3]) > now() then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -210,17 +231,19 @@ return n
 """
 
 # KEYS: ready, delayed, data, inflight, lease, consumers. ARGV: id, consumer, lease ms.
-_GET = """
+_GET = (
+    _HOLD
+    + """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return nil
 end
 local data = redis.call('HGET', KEYS[3], ARGV[1])
 if not data then return nil end
-redis.call('SADD', KEYS[6], ARGV[2])
-redis.call('SET', KEYS[5], '1', 'PX', ARGV[3])
+hold(KEYS[6], KEYS[5], ARGV[2], ARGV[3])
 redis.call('LPUSH', KEYS[4], ARGV[1])
 return data
 """
+)
 
 # KEYS: ready, delayed, data. ARGV: id.
 _CANCEL = """
@@ -248,7 +271,9 @@ return 1
 
 # KEYS: inflight, data, dead order, dead. ARGV: id, record, '1' when a consumer holds it.
 _ADD_DEAD_LETTER = """
-if ARGV[3] == '1' and redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
+if ARGV[3] == '1' then
+  -- Not held by this consumer (its lease ran out and the task went back): leave it be.
+  if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 redis.call('LREM', KEYS[3], 0, ARGV[1])
@@ -269,7 +294,8 @@ end
 local n = 0
 for _, id in ipairs(ids) do
   local record = redis.call('HGET', KEYS[4], id)
-  if record then
+  -- A dead id that is also waiting or in flight stays dead: one task per id.
+  if record and redis.call('HEXISTS', KEYS[2], id) == 0 then
     redis.call('HSET', KEYS[2], id, cjson.decode(record)['data'])
     redis.call('RPUSH', KEYS[1], id)
     redis.call('HDEL', KEYS[4], id)
@@ -472,11 +498,21 @@ class Client(BaseClient):
     def push(self, queue_name, task_id, data, delay_until=None):
         keys = self.keys(queue_name)
         due = "" if delay_until is None else repr(float(delay_until))
-        push_keys = [keys.ready, keys.delayed, keys.data]
-        self._call(
+        push_keys = [keys.ready, keys.delayed, keys.data, keys.dead]
+        stored = self._call(
             f"store task {task_id} in queue {queue_name!r}",
             lambda: self._push(keys=push_keys, args=[task_id, data, due]),
         )
+        if stored == 0:
+            raise DuplicateTaskError(
+                f"Task {task_id!r} is already waiting or in flight in queue {queue_name!r}; "
+                "give the new task an id of its own."
+            )
+        if stored < 0:
+            raise DuplicateTaskError(
+                f"Task {task_id!r} is in the dead-letter store of queue {queue_name!r}; "
+                "purge the dead letters first, or give the new task an id of its own."
+            )
         return task_id
 
     def reserve(self, queue_name, consumer_id, timeout=0.0, poll_interval=0.1):
@@ -539,7 +575,7 @@ class Client(BaseClient):
         if not fetched or fetched[0] != moved:
             return None  # taken back by a sweep in between: it waits in the queue again
         if len(fetched) < 2 or fetched[1] is None:
-            self._redis.lrem(inflight, 1, moved)  # a duplicate id whose payload is gone
+            self._redis.lrem(inflight, 1, moved)  # an id without a payload: nothing to run
             return None
         return Reserved(moved, fetched[1])
 
