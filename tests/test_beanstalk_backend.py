@@ -14,7 +14,7 @@ import greenstalk
 import pytest
 
 from alligator.backends.beanstalk_backend import Client
-from alligator.exceptions import BackendError, InvalidDSNError
+from alligator.exceptions import BackendError, InvalidDSNError, InvalidQueueError
 from alligator.gator import Gator
 
 from . import tasks
@@ -65,10 +65,10 @@ def counters(server) -> dict:
         return conn.stats()
 
 
-def start_worker(dsn, queue_name, log_path):
+def start_worker(dsn, queue_name, log_path, *extra):
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name],
+            [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name, *extra],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -150,11 +150,49 @@ def test_bad_dsn_is_refused_in_one_sentence(bad, message):
         Client(bad)
 
 
-def test_queue_name_that_cannot_be_a_tube_is_refused(client):
-    with pytest.raises(BackendError, match="cannot be a beanstalkd tube"):
-        client.push("two words", "t", "data")
-    with pytest.raises(BackendError, match="cannot be a beanstalkd tube"):
-        client.reserve("-dash-first", CONSUMER)
+# Every call that takes a queue name, with the other arguments it needs.
+QUEUE_CALLS = [
+    ("push", ("1", "data")),
+    ("reserve", (CONSUMER,)),
+    ("ack", ("1", CONSUMER)),
+    ("retry", ("1", CONSUMER, "data")),
+    ("requeue_inflight", (CONSUMER,)),
+    ("keepalive", (CONSUMER,)),
+    ("requeue_expired", ()),
+    ("get", ("1", CONSUMER)),
+    ("cancel", ("1",)),
+    ("len", ()),
+    ("drop_all", ()),
+    ("add_dead_letter", ("1", "data", "boom", CONSUMER)),
+    ("list_dead_letters", ()),
+    ("requeue_dead_letters", ()),
+    ("purge_dead_letters", ()),
+]
+
+
+@pytest.mark.parametrize("name", ["two words", "-dash-first", "", "café", "q" * 196, "a\nb"])
+def test_a_queue_name_that_cannot_be_a_tube_is_refused_before_any_round_trip(name, tmp_path):
+    # Nothing listens on this port: a call that reached for the server would raise
+    # BackendError, which a worker retries for ever.
+    server = beanstalkd_server(tmp_path)
+    client = Client(f"beanstalk://{server.host}:{server.port}/")
+    for method, args in QUEUE_CALLS:
+        with pytest.raises(InvalidQueueError) as raised:
+            getattr(client, method)(name, *args)
+        assert not isinstance(raised.value, BackendError)
+        message = str(raised.value)
+        assert repr(name) in message and "195" in message and "+ / ; . $ _ ( ) -" in message
+    with pytest.raises(InvalidQueueError, match="cannot be a beanstalkd tube"):
+        Gator(f"beanstalk://{server.host}:{server.port}/", queue_name=name).task(tasks.add, 1)
+
+
+def test_every_character_and_length_a_tube_allows_works_as_a_queue_name(client, queue_name):
+    for name in (queue_name + "+/;.$_()-az09AZ", "q" + "x" * 194):
+        task_id = client.push(name, "t", "data")
+        assert client.reserve(name, CONSUMER).task_id == task_id
+        client.add_dead_letter(name, task_id, "data", "boom", CONSUMER)
+        assert [dead.data for dead in client.list_dead_letters(name)] == ["data"]
+        assert client.purge_dead_letters(name) == 1
 
 
 # Time-to-run and touch.
@@ -261,7 +299,8 @@ def test_worker_reconnects_with_backoff_after_a_beanstalkd_restart(
 ):
     dsn = f"beanstalk://{own_server.host}:{own_server.port}/"
     log_path = tmp_path / "worker.log"
-    worker = start_worker(dsn, queue_name, log_path)
+    # At debug level, so that every attempt is logged, not only the outage's first.
+    worker = start_worker(dsn, queue_name, log_path, "--log-level", "debug")
     try:
 
         def worker_waits():
@@ -275,7 +314,8 @@ def test_worker_reconnects_with_backoff_after_a_beanstalkd_restart(
         own_server.stop()
 
         def warnings():
-            return log_path.read_text().count("Queue backend unavailable")
+            text = log_path.read_text()
+            return text.count("Queue backend unavailable") + text.count("still unavailable")
 
         wait_for(lambda: warnings() >= 1, message="the worker to log the lost connection")
         first = time.monotonic()
@@ -360,6 +400,7 @@ def test_hot_path_reuses_the_tube_in_use_and_the_tube_watched(own_server, queue_
     assert after["cmd-put"] - before["cmd-put"] == 20
     assert after["cmd-delete"] - before["cmd-delete"] == 20
     assert after["cmd-stats-job"] == before["cmd-stats-job"]
+    assert after["cmd-touch"] == before["cmd-touch"]
     client.close()
 
 
@@ -524,15 +565,48 @@ def test_a_long_error_is_shortened_to_its_end_to_fit_a_job(client, queue_name, r
     assert max_size - len(payload) - 200 < len(dead.error.encode()) < max_size - len(payload)
 
 
-def test_only_the_consumer_holding_a_task_deletes_it(client, queue_name, raw):
+# Settling: only the consumer holding a task.
+
+
+def test_a_task_is_settled_only_through_its_own_queue(client, queue_name, raw):
+    # Job ids are the server's, shared by every tube: an id alone does not name the task.
     task_id = client.push(queue_name, "t", "data")
     client.reserve(queue_name, CONSUMER)
-    client.ack(queue_name, task_id, OTHER)
-    client.add_dead_letter(queue_name, task_id, "data", "boom", OTHER)
+    client.ack(queue_name + "x", task_id, CONSUMER)
+    client.retry(queue_name + "x", task_id, CONSUMER, "changed")
+    client.add_dead_letter(queue_name + "x", task_id, "data", "boom", CONSUMER)
     assert raw.stats_job(int(task_id))["state"] == "reserved"
+    assert client.len(queue_name + "x") == 0
+    assert client.list_dead_letters(queue_name + "x") == []
     client.ack(queue_name, task_id, CONSUMER)
     with pytest.raises(greenstalk.NotFoundError):
         raw.peek(int(task_id))
+
+
+def test_a_task_whose_time_to_run_ran_out_is_left_to_its_new_holder(dsn, queue_name, caplog):
+    # This client's record still says CONSUMER holds the job, but beanstalkd took it back
+    # and another connection reserved it: beanstalkd refuses the late consumer's settling.
+    late, now_holding = Client(dsn(ttr=1)), Client(dsn())
+    task_id = late.push(queue_name, "t", "data")
+    late.reserve(queue_name, CONSUMER)
+
+    def taken_over():
+        late.len(queue_name)  # A command on the holding connection (see above).
+        return now_holding.reserve(queue_name, OTHER)
+
+    assert wait_for(taken_over, timeout=5, message="the job to run out").task_id == task_id
+    with caplog.at_level(logging.WARNING, logger="alligator.backends.beanstalk_backend"):
+        assert late.retry(queue_name, task_id, CONSUMER, "changed") == task_id
+    assert "ran out of its time-to-run" in caplog.text
+    late.add_dead_letter(queue_name, task_id, "data", "boom", CONSUMER)
+    late.ack(queue_name, task_id, CONSUMER)
+
+    assert late.len(queue_name) == 0
+    assert late.list_dead_letters(queue_name) == []
+    assert now_holding.requeue_inflight(queue_name, OTHER) == 1
+    assert now_holding.reserve(queue_name, OTHER, timeout=2).data == "data"
+    late.close()
+    now_holding.close()
 
 
 def test_a_lost_connection_forgets_its_reservations(queue_name, tmp_path, caplog):
@@ -554,12 +628,20 @@ def test_a_lost_connection_forgets_its_reservations(queue_name, tmp_path, caplog
         server.start()
         client.keepalive(queue_name, CONSUMER)  # Nothing held any more: nothing to touch.
         assert client.requeue_inflight(queue_name, CONSUMER) == 0
+        # CONSUMER lost both tasks with the connection: it can settle neither (at least
+        # once: the finished one runs again).
+        client.ack(queue_name, finished, CONSUMER)
+        client.retry(queue_name, running, CONSUMER, "changed")
+        client.add_dead_letter(queue_name, running, "data", "boom", CONSUMER)
         with greenstalk.Client((server.host, server.port), encoding=None) as raw:
-            assert raw.stats_tube(queue_name)["current-jobs-ready"] == 2
-            client.ack(queue_name, finished, CONSUMER)  # It finished: it need not run again.
-            with pytest.raises(greenstalk.NotFoundError):
-                raw.peek(int(finished))
-        assert client.reserve(queue_name, OTHER).task_id == running
+            stats = raw.stats_tube(queue_name)
+            # Both still there, and no job put since the restart (no retried copy).
+            assert (stats["current-jobs-ready"], stats["total-jobs"]) == (2, 0)
+        assert client.list_dead_letters(queue_name) == []
+        assert [client.reserve(queue_name, OTHER).task_id for _ in range(2)] == [
+            finished,
+            running,
+        ]
         assert "Reconnected to beanstalkd" in caplog.text
         assert "time-to-run" not in caplog.text
     finally:

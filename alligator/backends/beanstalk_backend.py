@@ -14,6 +14,17 @@ jobs it holds every ``lease / 3`` seconds. A job is deleted only once its task f
 jobs come out by priority, then by id: first in, first out for tasks pushed alike, with
 requeued tasks first. Delays count in whole seconds, rounded up: a task is never early.
 
+Only the consumer holding a task settles it. This client records which consumer reserved
+each job through its connection; ``ack``, ``retry`` and ``add_dead_letter`` from any other
+consumer (or for a job this client does not hold, e.g. after its connection was lost) do
+nothing. ``retry`` and ``add_dead_letter`` also ``touch`` the job first, which beanstalkd
+allows only on a job still reserved by this connection, so that a job whose time-to-run ran
+out is left to whoever has it now. ``ack`` stays one round trip: it relies on beanstalkd,
+which refuses to delete a job another connection reserved.
+
+Task ids are never duplicates: every ``put`` makes a new job, so ``push`` never raises
+``DuplicateTaskError``.
+
 Parts of the contract that beanstalkd does not have are built from what it has:
 
 - ``retry`` puts the new payload as a new job, then deletes the old one (a job's body
@@ -39,7 +50,7 @@ from urllib.parse import urlsplit
 
 import greenstalk
 
-from ..exceptions import BackendError, InvalidDSNError
+from ..exceptions import BackendError, InvalidDSNError, InvalidQueueError
 from . import Client as BaseClient
 from . import DeadLetter, Reserved, dsn_options
 
@@ -229,12 +240,18 @@ class Client(BaseClient):
             self._watching = tube
 
     def _tube(self, queue_name: str) -> str:
+        # Checked here, before any round trip: beanstalkd would answer BAD_FORMAT, which
+        # looks like a server fault, and a worker would retry it for ever.
         if queue_name not in self._valid_names:
-            if len(queue_name) > _MAX_QUEUE_NAME or not _TUBE_NAME.fullmatch(queue_name):
-                raise BackendError(
-                    f"Queue name {queue_name!r} cannot be a beanstalkd tube: use up to "
-                    f"{_MAX_QUEUE_NAME} letters, digits and + / ; . $ _ ( ) -, not starting "
-                    f"with '-'."
+            if (
+                not isinstance(queue_name, str)
+                or len(queue_name) > _MAX_QUEUE_NAME
+                or not _TUBE_NAME.fullmatch(queue_name)
+            ):
+                raise InvalidQueueError(
+                    f"Queue name {queue_name!r} cannot be a beanstalkd tube: use 1 to "
+                    f"{_MAX_QUEUE_NAME} ASCII letters, digits and + / ; . $ _ ( ) -, not "
+                    f"starting with '-'."
                 )
             self._valid_names.add(queue_name)
         return queue_name
@@ -250,17 +267,36 @@ class Client(BaseClient):
             owner = (queue_name, consumer_id)
             return sorted(job_id for job_id, held in self._held.items() if held == owner)
 
-    def _let_go(self, job_id: int, consumer_id: str) -> bool | None:
-        """Forgets a held job. True if ``consumer_id`` held it, None if nobody here did,
-        False (and kept) if another consumer of this client holds it."""
+    def _holds(self, job_id: int, queue_name: str, consumer_id: str) -> bool:
         with self._held_lock:
-            held = self._held.get(job_id)
-            if held is None:
-                return None
-            if held[1] != consumer_id:
+            return self._held.get(job_id) == (queue_name, consumer_id)
+
+    def _let_go(self, job_id: int, queue_name: str, consumer_id: str) -> bool:
+        """Forgets a held job; True if ``consumer_id`` held it in that queue."""
+        with self._held_lock:
+            if self._held.get(job_id) != (queue_name, consumer_id):
                 return False
             del self._held[job_id]
             return True
+
+    def _still_reserved(
+        self, conn: greenstalk.Client, job_id: int, queue_name: str, consumer_id: str
+    ) -> bool:
+        """Touches a held job: beanstalkd answers NOT_FOUND unless this connection still
+        has it reserved. A job that ran out of its time-to-run is forgotten."""
+        try:
+            conn.touch(_handle(job_id))
+        except greenstalk.NotFoundError:
+            self._let_go(job_id, queue_name, consumer_id)
+            log.warning(
+                "Task %s of queue %r ran out of its time-to-run (ttr=%ss) before it was "
+                "touched; beanstalkd made it ready again.",
+                job_id,
+                queue_name,
+                self.ttr,
+            )
+            return False
+        return True
 
     def _waits_in(self, conn: greenstalk.Client, job_id: int, tube: str) -> bool:
         try:
@@ -330,28 +366,22 @@ class Client(BaseClient):
 
     def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
         """
-        Deletes a finished task's job. A job whose reservation was lost with a connection
-        is deleted too if it still waits in the queue, so the finished task does not run
-        again.
+        Deletes a finished task's job, if ``consumer_id`` reserved it through this client;
+        otherwise does nothing. One round trip.
 
         Ex::
 
             client.ack('emails', reserved.task_id, 'host:4242:a1b2')
         """
+        self._tube(queue_name)
         job_id = _job_id(task_id)
-        if job_id is None:
+        if job_id is None or not self._let_go(job_id, queue_name, consumer_id):
             return
-        held = self._let_go(job_id, consumer_id)
-        if held is False:
-            return
-        tube = self._tube(queue_name)
         with self._session() as conn:
-            if held is None and not self._waits_in(conn, job_id, tube):
-                return
             try:
                 conn.delete(job_id)
             except greenstalk.NotFoundError:
-                pass  # Another consumer has it now.
+                pass  # Its time-to-run ran out and another connection reserved it.
 
     def retry(
         self,
@@ -364,17 +394,29 @@ class Client(BaseClient):
         """
         Puts the new payload as a new job, then deletes the old job: beanstalkd cannot
         change a job's body. In that order, so that a crash in between runs the task twice
-        rather than never.
+        rather than never. Does nothing unless ``consumer_id`` reserved the job through this
+        client and this connection still has it (a ``touch`` checks, first).
 
         Ex::
 
             task_id = client.retry('emails', task_id, consumer_id, task.serialize())
 
-        :returns: The new job's id
+        :returns: The new job's id, or ``task_id`` when nothing was done
         """
-        new_id = self.push(queue_name, task_id, data, delay_until)
-        self.ack(queue_name, task_id, consumer_id)
-        return new_id
+        tube = self._tube(queue_name)
+        job_id = _job_id(task_id)
+        if job_id is None or not self._holds(job_id, queue_name, consumer_id):
+            return task_id
+        body = data.encode("utf-8")
+        delay = _delay_seconds(delay_until)
+        with self._session() as conn:
+            if not self._still_reserved(conn, job_id, queue_name, consumer_id):
+                return task_id
+            self._use(conn, tube)
+            new_id = conn.put(body, priority=PRIORITY, delay=delay, ttr=self.ttr)
+            self._let_go(job_id, queue_name, consumer_id)
+            conn.delete(job_id)
+        return str(new_id)
 
     def requeue_inflight(self, queue_name: str, consumer_id: str) -> int:
         """
@@ -388,12 +430,13 @@ class Client(BaseClient):
 
         :returns: How many jobs were released
         """
+        self._tube(queue_name)
         held = self._held_by(queue_name, consumer_id)
         released = 0
         if held:
             with self._session() as conn:
                 for job_id in held:
-                    self._let_go(job_id, consumer_id)
+                    self._let_go(job_id, queue_name, consumer_id)
                     try:
                         conn.release(_handle(job_id), priority=FRONT_PRIORITY, delay=0)
                     except greenstalk.NotFoundError:
@@ -410,22 +453,13 @@ class Client(BaseClient):
 
             client.keepalive('emails', 'host:4242:a1b2')
         """
+        self._tube(queue_name)
         held = self._held_by(queue_name, consumer_id)
         if not held:
             return
         with self._session() as conn:
             for job_id in held:
-                try:
-                    conn.touch(_handle(job_id))
-                except greenstalk.NotFoundError:
-                    self._let_go(job_id, consumer_id)
-                    log.warning(
-                        "Task %s of queue %r ran out of its time-to-run (ttr=%ss) before it "
-                        "was touched; beanstalkd made it ready again.",
-                        job_id,
-                        queue_name,
-                        self.ttr,
-                    )
+                self._still_reserved(conn, job_id, queue_name, consumer_id)
 
     def requeue_expired(self, queue_name: str) -> int:
         """
@@ -435,6 +469,7 @@ class Client(BaseClient):
 
             client.requeue_expired('emails')
         """
+        self._tube(queue_name)
         return 0
 
     def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
@@ -445,10 +480,10 @@ class Client(BaseClient):
 
             reserved = client.get('emails', '1042', 'host:4242:a1b2')
         """
+        tube = self._tube(queue_name)
         job_id = _job_id(task_id)
         if job_id is None:
             return None
-        tube = self._tube(queue_name)
         with self._session() as conn:
             if not self._waits_in(conn, job_id, tube):
                 return None
@@ -467,10 +502,10 @@ class Client(BaseClient):
 
             data = client.cancel('emails', '1042')
         """
+        tube = self._tube(queue_name)
         job_id = _job_id(task_id)
         if job_id is None:
             return None
-        tube = self._tube(queue_name)
         with self._session() as conn:
             if not self._waits_in(conn, job_id, tube):
                 return None
@@ -529,16 +564,27 @@ class Client(BaseClient):
         consumer_id: str | None = None,
     ) -> None:
         """
-        Buries a record of the failure in the tube ``<queue>.dead``, then deletes the task's
-        job if ``consumer_id`` holds it. The error text is shortened (keeping its end) when
-        the record would exceed beanstalkd's ``max-job-size``.
+        Buries a record of the failure in the tube ``<queue>.dead``. With ``consumer_id``,
+        then deletes the task's job; and does nothing at all unless ``consumer_id`` reserved
+        it through this client and this connection still has it (a ``touch`` checks, first).
+        The error text is shortened (keeping its end) when the record would exceed
+        beanstalkd's ``max-job-size``.
 
         Ex::
 
             client.add_dead_letter('emails', task_id, data, 'ValueError: bad address', cid)
         """
         dead_tube = self._tube(queue_name) + DEAD_SUFFIX
+        job_id = None
+        if consumer_id is not None:
+            job_id = _job_id(task_id)
+            if job_id is None or not self._holds(job_id, queue_name, consumer_id):
+                return
         with self._session() as conn:
+            if job_id is not None and not self._still_reserved(
+                conn, job_id, queue_name, consumer_id
+            ):
+                return
             if self._max_job_size is None:
                 self._max_job_size = int(conn.stats()["max-job-size"])
             record = _dead_record(task_id, data, error, self._max_job_size)
@@ -549,8 +595,9 @@ class Client(BaseClient):
                 conn.bury(_handle(record_id))
             except greenstalk.NotFoundError:
                 pass  # A client listing the dead letters buried it already.
-        if consumer_id is not None:
-            self.ack(queue_name, task_id, consumer_id)
+            if job_id is not None:
+                self._let_go(job_id, queue_name, consumer_id)
+                conn.delete(job_id)
 
     def _dead_records(self, queue_name: str) -> list[tuple[int, DeadLetter]]:
         """The buried records of ``<queue>.dead``, oldest first, with their job ids.
