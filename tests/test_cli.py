@@ -46,3 +46,16 @@ def test_latergator_usage():
     assert result.returncode == 0
     for option in ("-q", "-m", "-n", "-l"):
         assert option in result.stdout
+
+
+def test_latergator_stops_with_one_sentence_on_a_queue_name_the_backend_refuses(beanstalkd):
+    dsn = f"beanstalk://{beanstalkd.host}:{beanstalkd.port}/"
+    result = subprocess.run(
+        [sys.executable, "-m", "alligator.cli", dsn, "-q", "two words"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("latergator: Queue name 'two words' cannot be")
+    assert "Traceback" not in result.stderr
