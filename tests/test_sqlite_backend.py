@@ -1,5 +1,5 @@
 """What the SQLite backend does beyond the Client contract: its DSN, its file, its locking,
-its polling and its safety across threads, processes and fork."""
+its order, its polling and hot path, and its safety across threads, processes and fork."""
 
 import os
 import sqlite3
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from alligator.backends.sqlite_backend import SCHEMA_VERSION, Client
-from alligator.exceptions import BackendError, InvalidDSNError
+from alligator.backends import sqlite_backend
+from alligator.backends.sqlite_backend import HAS_RETURNING, SCHEMA_VERSION, Client
+from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 
 from .servers import wait_for
 
@@ -244,17 +245,32 @@ def test_a_lock_held_beyond_busy_timeout_is_a_backend_error(db_path, queue_name)
     client.close()
 
 
-# Order, delays, replacement.
+# Order, delays, task ids, settling.
+
+# Both ways ``reserve`` can claim: one UPDATE … RETURNING, or a SELECT then an UPDATE in a
+# transaction (what SQLite before 3.35 gets).
+CLAIMS = pytest.mark.parametrize(
+    "returning", [HAS_RETURNING, False], ids=["this-sqlite", "without-returning"]
+)
 
 
-def test_a_due_task_joins_the_back_of_the_queue(client, queue_name):
+@CLAIMS
+def test_a_due_task_joins_the_back_of_the_queue_even_while_busy(
+    client, queue_name, monkeypatch, returning
+):
+    monkeypatch.setattr(sqlite_backend, "HAS_RETURNING", returning)
     due = time.time() + 0.3
     client.push(queue_name, "later", "delayed", delay_until=due)
-    client.push(queue_name, "first", "ready")
+    client.push(queue_name, "a", "ready")
+    client.push(queue_name, "b", "ready")
+    assert client.reserve(queue_name, CONSUMER).task_id == "a"  # the queue is busy now
     wait_for(lambda: time.time() > due + 0.05, message="the delay to pass")
-    # Pushed before "first", but ready only now: it queues behind what was waiting.
+    # Pushed before "b", but ready only now: it queues behind "b", and is ahead of
+    # whatever is pushed after a reserve found it due.
+    assert client.reserve(queue_name, CONSUMER).task_id == "b"
+    client.push(queue_name, "c", "ready")
     taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(2)]
-    assert taken == ["first", "later"]
+    assert taken == ["later", "c"]
 
 
 def test_a_delayed_task_is_picked_up_when_due_not_a_poll_interval_later(client, queue_name):
@@ -268,15 +284,75 @@ def test_a_delayed_task_is_picked_up_when_due_not_a_poll_interval_later(client, 
     assert due <= taken_at < due + 0.5
 
 
-def test_pushing_an_existing_id_replaces_it(client, queue_name):
-    client.push(queue_name, "t", "old")
-    client.push(queue_name, "other", "x")
-    client.push(queue_name, "t", "new")
-    assert client.len(queue_name) == 2
-    assert [client.reserve(queue_name, CONSUMER).data for _ in range(2)] == ["x", "new"]
+def test_a_retried_task_joins_the_back_or_waits_for_its_due_time(client, db_path, queue_name):
+    for task_id in ("a", "b"):
+        client.push(queue_name, task_id, "first try")
+    client.reserve(queue_name, CONSUMER)
+    client.retry(queue_name, "a", CONSUMER, "second try")
+    taken = [client.reserve(queue_name, CONSUMER) for _ in range(2)]
+    assert [(r.task_id, r.data) for r in taken] == [("b", "first try"), ("a", "second try")]
+
+    due = time.time() + 60
+    client.retry(queue_name, "a", CONSUMER, "third try", delay_until=due)
+    assert rows(
+        db_path, "SELECT state, due, data, consumer_id FROM alligator_tasks WHERE task_id = 'a'"
+    ) == [("delayed", due, "third try", None)]
 
 
-# Idle polling.
+def test_a_duplicate_id_is_refused_and_changes_nothing(client, db_path, queue_name):
+    client.push(queue_name, "a", "first")
+    client.push(queue_name, "b", "second")
+    client.reserve(queue_name, CONSUMER)
+    everything = "SELECT * FROM alligator_tasks ORDER BY seq"
+    before = rows(db_path, everything)
+    with pytest.raises(DuplicateTaskError) as caught:
+        client.push(queue_name, "b", "again", delay_until=time.time() + 60)
+    assert str(caught.value) == (
+        f"Queue {queue_name!r} already holds a task with id 'b' (waiting, in flight or "
+        "dead); give the new task an id of its own."
+    )
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    # A dead letter for a task that was never reserved (no consumer) is a new row too.
+    with pytest.raises(DuplicateTaskError):
+        client.add_dead_letter(queue_name, "a", "first", "boom")
+    assert rows(db_path, everything) == before
+
+
+def test_a_dead_letter_without_a_consumer_is_stored_once(client, queue_name):
+    client.add_dead_letter(queue_name, "never-queued", "payload", "InvalidTaskError: bad")
+    with pytest.raises(DuplicateTaskError):
+        client.add_dead_letter(queue_name, "never-queued", "other", "again")
+    dead = client.list_dead_letters(queue_name)
+    assert [(d.task_id, d.data, d.error) for d in dead] == [
+        ("never-queued", "payload", "InvalidTaskError: bad")
+    ]
+
+
+def test_a_stale_consumer_leaves_the_new_holders_row_untouched(client, db_path, queue_name):
+    client.push(queue_name, "t", "data")
+    client.reserve(queue_name, CONSUMER)
+    client.requeue_inflight(queue_name, CONSUMER)
+    client.reserve(queue_name, "new-holder")
+    everything = "SELECT * FROM alligator_tasks"
+    before = rows(db_path, everything)
+    client.retry(queue_name, "t", CONSUMER, "changed", delay_until=time.time() + 60)
+    client.add_dead_letter(queue_name, "t", "changed", "boom", CONSUMER)
+    client.ack(queue_name, "t", CONSUMER)
+    assert rows(db_path, everything) == before  # same seq, state, holder and lease
+
+
+def test_requeue_named_dead_letters_oldest_first(client, queue_name):
+    for task_id in ("a", "b", "c"):
+        client.push(queue_name, task_id, task_id)
+        client.reserve(queue_name, CONSUMER)
+        client.add_dead_letter(queue_name, task_id, task_id, "boom", CONSUMER)
+    assert client.requeue_dead_letters(queue_name, ["c", "a", "c", "missing"]) == 2
+    assert [d.task_id for d in client.list_dead_letters(queue_name)] == ["b"]
+    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(2)]
+    assert taken == ["a", "c"]
+
+
+# Polling, and the hot path of a busy queue.
 
 
 class LookCountingClient(Client):
@@ -349,6 +425,46 @@ def test_an_idle_reserve_picks_up_a_new_task_quickly(db_path, queue_name):
     assert result["at"] - pushed_at < 0.5  # about poll_interval; never the timeout
     client.close()
     producer.close()
+
+
+@CLAIMS
+def test_a_busy_queue_is_drained_without_looking_first(
+    db_path, queue_name, monkeypatch, returning
+):
+    monkeypatch.setattr(sqlite_backend, "HAS_RETURNING", returning)
+    client = LookCountingClient(dsn_for(db_path))
+    for n in range(20):
+        client.push(queue_name, f"t{n}", "x")
+    taken = []
+    while (reserved := client.reserve(queue_name, CONSUMER)) is not None:
+        taken.append(reserved.task_id)
+        client.ack(queue_name, reserved.task_id, CONSUMER)
+    assert taken == [f"t{n}" for n in range(20)]
+    # One look to find the work, one to find the queue empty again; none in between.
+    assert len(client.looks) == 2
+    # Idle now: the next reserve looks before it takes the write lock.
+    client.push(queue_name, "t20", "x")
+    assert client.reserve(queue_name, CONSUMER).task_id == "t20"
+    assert len(client.looks) == 3
+    client.close()
+
+
+@CLAIMS
+def test_push_ack_and_a_busy_reserve_are_one_statement_each(
+    client, queue_name, monkeypatch, returning
+):
+    monkeypatch.setattr(sqlite_backend, "HAS_RETURNING", returning)
+    client.push(queue_name, "first", "x")
+    client.reserve(queue_name, CONSUMER)  # the queue is busy from here on
+    statements: list[str] = []
+    with client._connection() as conn:
+        conn.set_trace_callback(statements.append)
+    client.push(queue_name, "second", "x")
+    client.ack(queue_name, "first", CONSUMER)
+    assert client.reserve(queue_name, CONSUMER).task_id == "second"
+    # Without UPDATE … RETURNING the claim is a transaction, but still without a look first.
+    claim = ["UPDATE"] if returning else ["BEGIN", "SELECT", "SELECT", "UPDATE", "COMMIT"]
+    assert [statement.split()[0] for statement in statements] == ["INSERT", "DELETE", *claim]
 
 
 # Concurrency: threads sharing a client, processes sharing a file, fork.
@@ -444,55 +560,3 @@ def test_a_client_survives_fork(client, db_path, queue_name):
     assert os.waitstatus_to_exitcode(status) == 0
     assert client.reserve(queue_name, CONSUMER).task_id == "from-child"
     assert os.stat(db_path).st_ino in locked_inodes(os.getpid())
-
-
-# Leases.
-
-
-RESERVE_AND_EXIT = """
-import sys
-from alligator.backends.sqlite_backend import Client
-dsn, queue = sys.argv[1:3]
-print(Client(dsn).reserve(queue, "doomed:1:consumer").task_id)
-"""
-
-
-def test_an_expired_lease_returns_the_task_to_the_front(db_path, queue_name):
-    dsn = dsn_for(db_path, lease=1.5)
-    client = Client(dsn)
-    for task_id in ("first", "second"):
-        client.push(queue_name, task_id, "x")
-    reserved_before = time.time()
-    # A consumer in another process takes the first task and exits without an ack.
-    dying = run_python(RESERVE_AND_EXIT, dsn, queue_name, stdout=subprocess.PIPE)
-    out, _ = dying.communicate(timeout=30)
-    assert out.strip() == "first"
-    assert client.requeue_expired(queue_name) == 0  # its lease still runs
-    client.push(queue_name, "third", "x")
-    wait_for(lambda: client.requeue_expired(queue_name) == 1, message="the lease to expire")
-    assert time.time() >= reserved_before + 1.5
-    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(3)]
-    assert taken == ["first", "second", "third"]
-    client.close()
-
-
-def test_requeued_tasks_keep_their_order_at_the_front(client, queue_name):
-    for n in range(4):
-        client.push(queue_name, f"t{n}", "x")
-    client.reserve(queue_name, CONSUMER)
-    client.reserve(queue_name, CONSUMER)
-    assert client.requeue_inflight(queue_name, CONSUMER) == 2
-    client.push(queue_name, "t4", "x")
-    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(5)]
-    assert taken == ["t0", "t1", "t2", "t3", "t4"]
-
-
-def test_requeue_named_dead_letters_oldest_first(client, queue_name):
-    for task_id in ("a", "b", "c"):
-        client.push(queue_name, task_id, task_id)
-        client.reserve(queue_name, CONSUMER)
-        client.add_dead_letter(queue_name, task_id, task_id, "boom", CONSUMER)
-    assert client.requeue_dead_letters(queue_name, ["c", "a", "c", "missing"]) == 2
-    assert [d.task_id for d in client.list_dead_letters(queue_name)] == ["b"]
-    taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(2)]
-    assert taken == ["a", "c"]

@@ -6,18 +6,24 @@ built) or ``sqlite:////absolute/path.db``, with options ``?lease=SECONDS`` (defa
 ``busy_timeout=SECONDS`` (default 5) and ``synchronous=normal|full`` (default normal).
 
 Delivery: FIFO within a queue, by insertion order; a delayed task is never reserved before
-it is due, and joins the back of its queue when a reserve first finds it due.
-At-least-once across processes: ``reserve`` claims a task in one write transaction, so two
-consumers never get the same task; a claimed task stays in the file, owned by its
-consumer, until ``ack`` (or the dead-letter store) removes it. If the consumer dies,
-``requeue_inflight`` (a supervisor) or ``requeue_expired`` (any worker, once the
-consumer's lease ran out) puts the task back at the front of its queue. A committed push
-survives a process crash; with ``synchronous=normal`` the last commits before a power cut
-may be lost, with ``synchronous=full`` they are not.
+it is due, and joins the back of its queue when a reserve first finds it due; a retried
+task joins the back too. At-least-once across processes: ``reserve`` claims a task in one
+write transaction, so two consumers never get the same task; a claimed task stays in the
+file, owned by its consumer, until ``ack`` (or the dead-letter store) removes it. If the
+consumer dies, ``requeue_inflight`` (a supervisor) or ``requeue_expired`` (any worker, once
+the consumer's lease ran out) puts the task back at the front of its queue. A committed
+push survives a process crash; with ``synchronous=normal`` the last commits before a power
+cut may be lost, with ``synchronous=full`` they are not.
+
+Task ids are unique within a queue (a UNIQUE constraint): pushing an id that is waiting,
+in flight or dead there raises ``DuplicateTaskError``. ``ack``, ``retry`` and
+``add_dead_letter`` change a row only while it is in flight and held by the consumer that
+calls them.
 
 SQLite has no way to wake a waiting reader, so an idle ``reserve`` polls: one indexed read
 per look, a few milliseconds apart after work was seen, doubling to ``poll_interval``
-while the queue stays empty.
+while the queue stays empty. While the queue is busy, ``reserve`` claims the next task in
+one statement, without looking first.
 
 The file must sit on a local filesystem (WAL needs shared memory between the processes
 that use it). One connection per client and process, guarded by a lock; connections are
@@ -34,7 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from urllib.parse import unquote, urlsplit
 
-from ..exceptions import BackendError, InvalidDSNError
+from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from . import Client as BaseClient
 from . import DeadLetter, Reserved, dsn_options
 
@@ -73,10 +79,24 @@ FIRST_PAUSE = 0.005
 
 _SYNCHRONOUS = ("normal", "full")
 
+#: ``UPDATE … RETURNING`` (SQLite 3.35+) claims a task in one statement.
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
 _HEAD = (
     "SELECT seq, task_id, data FROM alligator_tasks "
     "WHERE queue = ? AND state = 'ready' ORDER BY seq LIMIT 1"
 )
+# Claims the head of a queue unless a delayed task is due: that one must join the back
+# first (the slow path), or tasks pushed meanwhile would overtake it.
+_CLAIM_IF_NONE_DUE = (
+    "UPDATE alligator_tasks SET state = 'inflight', consumer_id = ?, expires = ? "
+    "WHERE seq = (SELECT seq FROM alligator_tasks WHERE queue = ? AND state = 'ready' "
+    "ORDER BY seq LIMIT 1) "
+    "AND NOT EXISTS (SELECT 1 FROM alligator_tasks WHERE queue = ? AND state = 'delayed' "
+    "AND due <= ?) "
+    "RETURNING task_id, data"
+)
+_HELD = "WHERE queue = ? AND task_id = ? AND state = 'inflight' AND consumer_id = ?"
 _WAITING = (
     "SELECT seq, data FROM alligator_tasks WHERE queue = ? AND task_id = ? "
     "AND state IN ('ready', 'delayed')"
@@ -122,6 +142,27 @@ def database_path(conn_string: str) -> str:
     return os.path.abspath(path)
 
 
+def _waiting_state(delay_until: float | None) -> tuple[str, float | None]:
+    """The state and due time of a task pushed or retried with ``delay_until``."""
+    if delay_until is not None and delay_until > time.time():
+        return "delayed", delay_until
+    return "ready", None
+
+
+@contextmanager
+def _unique_task_id(queue_name: str, task_id: str) -> Iterator[None]:
+    """Turns the UNIQUE (queue, task_id) violation of an INSERT into ``DuplicateTaskError``."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorname != "SQLITE_CONSTRAINT_UNIQUE":
+            raise
+        raise DuplicateTaskError(
+            f"Queue {queue_name!r} already holds a task with id {task_id!r} (waiting, in "
+            "flight or dead); give the new task an id of its own."
+        ) from exc
+
+
 class Client(BaseClient):
     """
     The SQLite backend. DSN: ``sqlite:///relative/path.db`` or ``sqlite:////abs/path.db``.
@@ -163,6 +204,9 @@ class Client(BaseClient):
         # queue name -> pause an idle reserve had reached, so a worker that keeps finding
         # the queue empty keeps looking every poll_interval, not every few milliseconds.
         self._idle_pause: dict[str, float] = {}
+        # Queues whose last reserve found work: the next one claims without looking first.
+        # A claim takes the write lock even when it finds nothing, a look does not.
+        self._busy: set[str] = set()
         _clients.add(self)
         try:
             with self._connection() as conn:
@@ -297,14 +341,10 @@ class Client(BaseClient):
     def push(
         self, queue_name: str, task_id: str, data: str, delay_until: float | None = None
     ) -> str:
-        if delay_until is not None and delay_until > time.time():
-            state, due = "delayed", delay_until
-        else:
-            state, due = "ready", None
-        with self._connection() as conn:
-            # A task id names one task per queue: pushing it again replaces the old row.
+        state, due = _waiting_state(delay_until)
+        with self._connection() as conn, _unique_task_id(queue_name, task_id):
             conn.execute(
-                "INSERT OR REPLACE INTO alligator_tasks (queue, task_id, data, state, due) "
+                "INSERT INTO alligator_tasks (queue, task_id, data, state, due) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (queue_name, task_id, data, state, due),
             )
@@ -314,6 +354,12 @@ class Client(BaseClient):
         self, queue_name: str, consumer_id: str, timeout: float = 0.0, poll_interval: float = 0.1
     ) -> Reserved | None:
         deadline = time.monotonic() + timeout
+        if queue_name in self._busy:
+            claim = self._claim_ready if HAS_RETURNING else self._claim
+            reserved = claim(queue_name, consumer_id)
+            if reserved is not None:
+                return reserved
+            self._busy.discard(queue_name)  # empty, or a delayed task is due: look
         pause = min(self._idle_pause.get(queue_name, FIRST_PAUSE), poll_interval)
         while True:
             wait = self._peek(queue_name)
@@ -321,6 +367,7 @@ class Client(BaseClient):
                 reserved = self._claim(queue_name, consumer_id)
                 self._idle_pause.pop(queue_name, None)
                 if reserved is not None:
+                    self._busy.add(queue_name)
                     return reserved
                 pause = FIRST_PAUSE  # another consumer was quicker; more may follow
             remaining = deadline - time.monotonic()
@@ -347,7 +394,19 @@ class Client(BaseClient):
             return 0.0
         return None if next_due is None else max(next_due - time.time(), 0.0)
 
+    def _claim_ready(self, queue_name: str, consumer_id: str) -> Reserved | None:
+        """One statement: claims the head of the queue, or nothing when the queue is empty
+        or a delayed task is due (``_claim`` moves that one to the back first)."""
+        now = time.time()
+        with self._connection() as conn:
+            # fetchall: the statement must run to its end for the autocommit to happen.
+            claimed = conn.execute(
+                _CLAIM_IF_NONE_DUE, (consumer_id, now + self.lease, queue_name, queue_name, now)
+            ).fetchall()
+        return Reserved(*claimed[0]) if claimed else None
+
     def _claim(self, queue_name: str, consumer_id: str) -> Reserved | None:
+        """One transaction: moves due delayed tasks to the back, then claims the head."""
         with self._transaction() as conn:
             now = time.time()
             due = conn.execute(
@@ -384,8 +443,14 @@ class Client(BaseClient):
         data: str,
         delay_until: float | None = None,
     ) -> str:
-        # The push replaces the in-flight row in one statement.
-        return self.push(queue_name, task_id, data, delay_until)
+        state, due = _waiting_state(delay_until)
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE alligator_tasks SET data = ?, state = ?, due = ?, consumer_id = NULL, "
+                f"expires = NULL, {_BACK} {_HELD}",
+                (data, state, due, queue_name, task_id, consumer_id),
+            )
+        return task_id
 
     def _requeue_front(self, conn: sqlite3.Connection, where: str, params: tuple) -> int:
         held = conn.execute(
@@ -456,13 +521,22 @@ class Client(BaseClient):
         error: str,
         consumer_id: str | None = None,
     ) -> None:
+        failed_at = time.time()
         with self._connection() as conn:
-            # Replaces the in-flight row (if any) in the same statement.
-            conn.execute(
-                "INSERT OR REPLACE INTO alligator_tasks "
-                "(queue, task_id, data, state, error, failed_at) VALUES (?, ?, ?, 'dead', ?, ?)",
-                (queue_name, task_id, data, error, time.time()),
-            )
+            if consumer_id is not None:
+                # To the back, so that dead letters list in the order they failed.
+                conn.execute(
+                    "UPDATE alligator_tasks SET data = ?, state = 'dead', error = ?, "
+                    f"failed_at = ?, consumer_id = NULL, expires = NULL, {_BACK} {_HELD}",
+                    (data, error, failed_at, queue_name, task_id, consumer_id),
+                )
+                return
+            with _unique_task_id(queue_name, task_id):
+                conn.execute(
+                    "INSERT INTO alligator_tasks (queue, task_id, data, state, error, failed_at) "
+                    "VALUES (?, ?, ?, 'dead', ?, ?)",
+                    (queue_name, task_id, data, error, failed_at),
+                )
 
     def list_dead_letters(self, queue_name: str) -> list[DeadLetter]:
         with self._connection() as conn:
