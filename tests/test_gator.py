@@ -44,11 +44,22 @@ def test_unknown_scheme_lists_the_supported_ones():
         assert scheme in message
 
 
-def test_bad_dsn():
-    with pytest.raises(InvalidDSNError, match="not a DSN"):
-        Gator("localhost:6379")
-    with pytest.raises(InvalidDSNError, match="lease"):
-        Gator("locmem://?lease=soon")
+@pytest.mark.parametrize(
+    "dsn, match",
+    [
+        ("localhost:6379", "not a DSN"),
+        ("locmem://?lease=soon", "lease"),
+        ("locmem://?lease=nan", "lease"),
+        ("locmem://?lease=inf", "lease"),
+        ("locmem://?lease=-1", "lease"),
+        ("redis://[::1/0", "malformed"),
+        ("sqlite:///q.db?lease=nan", "lease"),
+        ("redis://localhost/0?lease=inf", "lease"),
+    ],
+)
+def test_bad_dsn(dsn, match):
+    with pytest.raises(InvalidDSNError, match=match):
+        Gator(dsn)
 
 
 def test_task_pushes_and_pop_runs(gator):

@@ -30,6 +30,7 @@ Each backend module states its own delivery semantics in its docstring.
 """
 
 import importlib
+import math
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -299,8 +300,12 @@ def redact_dsn(conn_string: str) -> str:
 
         redact_dsn('redis://app:secret@db:6379/0')  # 'redis://app:***@db:6379/0'
     """
-    parts = urlsplit(conn_string)
-    if parts.password is None:
+    try:
+        parts = urlsplit(conn_string)
+        password = parts.password
+    except ValueError:  # malformed (e.g. an unclosed IPv6 bracket): show nothing of it
+        return f"{conn_string.split('://', 1)[0]}://…"
+    if password is None:
         return conn_string
     userinfo, _, hostinfo = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
@@ -346,7 +351,11 @@ def dsn_options(conn_string: str, defaults: dict[str, float | str]) -> dict[str,
     """
     options = dict(defaults)
     shown = redact_dsn(conn_string)
-    for key, values in parse_qs(urlsplit(conn_string).query, keep_blank_values=True).items():
+    try:
+        query = urlsplit(conn_string).query
+    except ValueError as exc:
+        raise InvalidDSNError(f"DSN {shown!r} is malformed: {exc}.") from None
+    for key, values in parse_qs(query, keep_blank_values=True).items():
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
             raise InvalidDSNError(
@@ -362,7 +371,7 @@ def dsn_options(conn_string: str, defaults: dict[str, float | str]) -> dict[str,
             value = float(raw)
         except ValueError:
             value = 0.0
-        if value <= 0:
+        if not (math.isfinite(value) and value > 0):
             raise InvalidDSNError(f"Option {key}={raw!r} in DSN {shown!r} must be a number > 0.")
         options[key] = value
     return options
