@@ -425,6 +425,7 @@ class LeaseKeeper(threading.Thread):
         self._stopped.set()
 
     def run(self) -> None:
+        """Renews and sweeps every ``lease / 3`` seconds until the ``with`` block ends."""
         while not self._stopped.wait(self.interval):
             try:
                 self.backend.keepalive(self.queue_name, self.consumer_id)

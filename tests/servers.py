@@ -3,10 +3,14 @@
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+#: The repository root: workers started from here can import ``tests.tasks``.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -71,3 +75,25 @@ def redis_server(workdir: Path) -> ServerProcess:
 def beanstalkd_server(workdir: Path) -> ServerProcess:
     port = free_port()
     return ServerProcess("beanstalkd", ["-l", "127.0.0.1", "-p", str(port)], port, workdir)
+
+
+def start_latergator(dsn: str, queue_name: str, *extra: str, log_path: Path | None = None):
+    """A ``latergator`` worker in a process of its own; its log goes to ``log_path``."""
+    stderr = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name, *extra],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    finally:
+        if log_path:
+            stderr.close()
+
+
+def kill_process(process: subprocess.Popen) -> None:
+    """Kills a process the test started, if it still runs, and reaps it."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)

@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +12,7 @@ from alligator.backends import client_class
 from alligator.exceptions import DuplicateTaskError
 
 from . import tasks
-from .servers import wait_for
+from .servers import kill_process, start_latergator, wait_for
 
 CONSUMER = "test-host:1:consumer"
 OTHER = "test-host:2:other"
@@ -255,20 +253,6 @@ def test_a_long_task_in_a_live_worker_is_never_handed_out_again(
 # Cross-process: what a worker in another process does with the same queue.
 
 
-def start_worker(dsn, queue_name, *extra):
-    return subprocess.Popen(
-        [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name, *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def stop(process):
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)
-
-
 def test_two_workers_drain_a_queue_running_each_task_once(
     shared_backend_dsn, queue_name, tmp_path
 ):
@@ -276,7 +260,7 @@ def test_two_workers_drain_a_queue_running_each_task_once(
     record = tmp_path / "ran.txt"
     for n in range(40):
         gator.task(tasks.append_line, str(record), n)
-    workers = [start_worker(shared_backend_dsn(), queue_name) for _ in range(2)]
+    workers = [start_latergator(shared_backend_dsn(), queue_name) for _ in range(2)]
     try:
         wait_for(lambda: len(tasks.lines(record)) >= 40, timeout=30, message="40 tasks to run")
         time.sleep(0.3)
@@ -284,7 +268,7 @@ def test_two_workers_drain_a_queue_running_each_task_once(
         assert gator.len() == 0
     finally:
         for worker in workers:
-            stop(worker)
+            kill_process(worker)
 
 
 def test_sigkilled_workers_task_runs_again(shared_backend_dsn, queue_name, tmp_path):
@@ -294,11 +278,11 @@ def test_sigkilled_workers_task_runs_again(shared_backend_dsn, queue_name, tmp_p
     gator = Gator(dsn, queue_name=queue_name)
     record = tmp_path / "pids.txt"
     gator.task(tasks.record_then_sleep, str(record), 1.0)
-    first = start_worker(dsn, queue_name)
+    first = start_latergator(dsn, queue_name)
     wait_for(lambda: tasks.lines(record), timeout=15, message="the task to start")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)
-    second = start_worker(dsn, queue_name, "-m", "1")
+    second = start_latergator(dsn, queue_name, "-m", "1")
     try:
         # The second worker picks the task up once the first worker's lease expired.
         wait_for(lambda: len(tasks.lines(record)) == 2, timeout=20, message="a second run")
@@ -307,4 +291,4 @@ def test_sigkilled_workers_task_runs_again(shared_backend_dsn, queue_name, tmp_p
         assert second.returncode == 0
         assert gator.len() == 0
     finally:
-        stop(second)
+        kill_process(second)

@@ -5,8 +5,6 @@ as buried records, and the round trips it saves."""
 import json
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +16,7 @@ from alligator.exceptions import BackendError, InvalidDSNError, InvalidQueueErro
 from alligator.gator import Gator
 
 from . import tasks
-from .servers import beanstalkd_server, wait_for
+from .servers import beanstalkd_server, kill_process, start_latergator, wait_for
 
 CONSUMER = "test-host:1:consumer"
 OTHER = "test-host:2:other"
@@ -63,21 +61,6 @@ def own_server(tmp_path):
 def counters(server) -> dict:
     with greenstalk.Client((server.host, server.port), encoding=None) as conn:
         return conn.stats()
-
-
-def start_worker(dsn, queue_name, log_path, *extra):
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name, *extra],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-
-def stop(process):
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)
 
 
 # Ids.
@@ -234,7 +217,9 @@ def test_a_long_task_in_a_worker_is_kept_alive_and_runs_once(dsn, queue_name, ra
     worker_dsn = dsn(ttr=2)
     timeouts_before = raw.stats()["job-timeouts"]
     record = tmp_path / "pids.txt"
-    workers = [start_worker(worker_dsn, queue_name, tmp_path / f"w{n}.log") for n in range(2)]
+    workers = [
+        start_latergator(worker_dsn, queue_name, log_path=tmp_path / f"w{n}.log") for n in range(2)
+    ]
     try:
         gator = Gator(worker_dsn, queue_name=queue_name)
         task = gator.task(tasks.record_then_sleep, str(record), 4)
@@ -258,7 +243,7 @@ def test_a_long_task_in_a_worker_is_kept_alive_and_runs_once(dsn, queue_name, ra
         assert raw.stats()["job-timeouts"] == timeouts_before
     finally:
         for worker in workers:
-            stop(worker)
+            kill_process(worker)
 
 
 def test_a_reserve_during_a_held_jobs_last_second_waits_instead_of_spinning(
@@ -300,7 +285,7 @@ def test_worker_reconnects_with_backoff_after_a_beanstalkd_restart(
     dsn = f"beanstalk://{own_server.host}:{own_server.port}/"
     log_path = tmp_path / "worker.log"
     # At debug level, so that every attempt is logged, not only the outage's first.
-    worker = start_worker(dsn, queue_name, log_path, "--log-level", "debug")
+    worker = start_latergator(dsn, queue_name, "--log-level", "debug", log_path=log_path)
     try:
 
         def worker_waits():
@@ -331,7 +316,7 @@ def test_worker_reconnects_with_backoff_after_a_beanstalkd_restart(
         wait_for(lambda: tasks.lines(record) == ["after"], timeout=15, message="the task")
         assert "Reconnected to beanstalkd" in log_path.read_text()
     finally:
-        stop(worker)
+        kill_process(worker)
 
 
 def test_requeued_jobs_go_before_older_ones_that_became_ready_meanwhile(client, queue_name, raw):

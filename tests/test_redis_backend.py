@@ -1,11 +1,9 @@
 """The Redis backend beyond the shared contract: DSNs, key layout, blocking, leases, faults."""
 
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis as redispy
@@ -18,9 +16,15 @@ from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNErr
 from alligator.gator import Gator
 
 from . import tasks
-from .servers import ServerProcess, free_port, redis_server, wait_for
+from .servers import (
+    ServerProcess,
+    free_port,
+    kill_process,
+    redis_server,
+    start_latergator,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 CONSUMER = "test-host:1:consumer"
 OTHER = "test-host:2:other"
 
@@ -518,22 +522,6 @@ def test_gator_on_redis(redis, prefix, queue_name, tmp_path):
 # Workers in other processes.
 
 
-def start_worker(dsn, queue_name, log_path, *extra):
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "alligator.cli", dsn, "-q", queue_name, *extra],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-
-def stop(process):
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)
-
-
 def test_a_worker_runs_tasks_in_fifo_order_and_delayed_ones_on_time(
     redis, prefix, queue_name, tmp_path
 ):
@@ -547,7 +535,7 @@ def test_a_worker_runs_tasks_in_fifo_order_and_delayed_ones_on_time(
     gator.cancel(queued[5].task_id)
     assert gator.get(queued[7].task_id).result == 7  # runs here, at once
     assert gator.len() == 19
-    worker = start_worker(dsn, queue_name, tmp_path / "worker.log")
+    worker = start_latergator(dsn, queue_name, log_path=tmp_path / "worker.log")
     try:
         expected = ["7"] + [str(n) for n in range(20) if n not in (5, 7)]
         wait_for(lambda: len(tasks.lines(record)) == len(expected), timeout=15)
@@ -558,7 +546,7 @@ def test_a_worker_runs_tasks_in_fifo_order_and_delayed_ones_on_time(
         assert tasks.lines(record)[-1] == "late"
         assert gator.len() == 0
     finally:
-        stop(worker)
+        kill_process(worker)
 
 
 def test_a_redis_restart_under_an_idle_worker(tmp_path, queue_name):
@@ -569,7 +557,7 @@ def test_a_redis_restart_under_an_idle_worker(tmp_path, queue_name):
     record = str(tmp_path / "ran.txt")
     gator = Gator(dsn, queue_name=queue_name)
     quiet = Gator(dsn, queue_name=queue_name)
-    worker = start_worker(dsn, queue_name, log_path)
+    worker = start_latergator(dsn, queue_name, log_path=log_path)
     try:
         gator.task(tasks.append_line, record, "before")
         wait_for(lambda: tasks.lines(record) == ["before"], timeout=15)
@@ -589,7 +577,7 @@ def test_a_redis_restart_under_an_idle_worker(tmp_path, queue_name):
         # It backed off instead of spinning: a handful of lines, not hundreds.
         assert log_path.read_text().count("Queue backend unavailable") <= 10
     finally:
-        stop(worker)
+        kill_process(worker)
         server.stop()
 
 
