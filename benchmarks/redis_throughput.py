@@ -11,7 +11,7 @@ ratio shows what the backend's bookkeeping costs over the bare list commands.
 
 Ex::
 
-    python benchmarks/redis_throughput.py --tasks 20000 --seconds 10
+    python -m benchmarks.redis_throughput --tasks 20000 --seconds 10   # from the checkout
 """
 
 import argparse
@@ -23,12 +23,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import redis
 from redis.utils import HIREDIS_AVAILABLE
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alligator.backends.redis_backend import Client  # noqa: E402
 from alligator.gator import Gator  # noqa: E402
