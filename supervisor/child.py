@@ -1,20 +1,15 @@
 """
 A worker's life after ``fork``: signals, title, the ``Worker`` loop, and its reports to
-the master.
-
-A worker reports over its own pipe, one JSON object a line:
-
-- ``{"event": "running", "task": ID, "func": PATH, "at": MONOTONIC, ...}`` just before a
-  task runs. With ``last``, the worker leaves after this task (``max_tasks``). When the
-  queue has a ``timeout``, the report also carries what the master writes to the backend
-  if it must kill the worker: ``retry_data`` (the payload with one retry fewer) or
-  ``bury_data`` (the payload, for the dead-letter store).
-- ``{"event": "idle", "done": N}`` after a task (N tasks so far).
+the master (see ``supervisor.reports`` for what they say).
 
 Guarantees:
 
 - A terminal's Control-C never reaches a worker: it runs in its own process group, and
-  the master decides. The master's SIGTERM stops it gracefully, after the task in hand.
+  the master decides.
+- Every SIGTERM (or SIGINT) a worker gets, the first or the tenth, from the master, from
+  ``systemctl kill`` or as its parent-death signal, stops it gracefully: it finishes the
+  task in hand and takes no other. Stopping it sooner is the master's call, with SIGKILL
+  once ``graceful_timeout`` ran out.
 - If the master dies, a worker notices at once on Linux (parent-death signal: SIGTERM) and
   within half a second anywhere (it watches its parent pid); it finishes its task, or
   abandons it after ``graceful_timeout`` seconds, and exits. An abandoned task returns to
@@ -22,13 +17,14 @@ Guarantees:
 """
 
 import copy
-import json
 import logging
 import os
 import reprlib
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import setproctitle
@@ -39,12 +35,15 @@ from alligator.workers import Worker
 
 from . import logs
 from .config import WorkerSettings
+from .reports import MAX_REPORT_BYTES, Idle, Report, Running
 from .systemd import SYSTEMD_VARIABLES, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the parent pid.
 PARENT_CHECK_INTERVAL = 0.5
+#: The signals that ask a worker to stop after its task.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _reopen_logs = False
 
@@ -61,17 +60,24 @@ class Reporter:
 
     Ex::
 
-        Reporter(write_fd).send(event='idle', done=3)
+        Reporter(write_fd).send(Idle())
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.broken = False
 
-    def send(self, **message: Any) -> None:
+    def send(self, report: Report) -> None:
         if self.broken:
             return
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        data = report.encode()
+        if len(data) > MAX_REPORT_BYTES and isinstance(report, Running):
+            log.warning(
+                "Task %s: its payload is too large to hand to the master; should this worker "
+                "die while running it, it returns to its queue with its retries unchanged.",
+                report.task_id,
+            )
+            data = report.without_payloads().encode()
         try:
             while data:
                 data = data[os.write(self.fd, data) :]
@@ -81,7 +87,8 @@ class Reporter:
 
 class SupervisedWorker(Worker):
     """
-    A ``Worker`` that sets its process title and reports each task to the master.
+    A ``Worker`` that sets its process title, reports each task to the master, and takes
+    every SIGTERM as a request to stop after the task in hand.
 
     Ex::
 
@@ -129,23 +136,15 @@ class SupervisedWorker(Worker):
         self._between_tasks()
         self._task, self._task_started, self._busy = task, time.monotonic(), True
         self.set_title(f"running {task.func_path}")
-        report: dict[str, Any] = {
-            "event": "running",
-            "task": task.task_id,
-            "func": task.func_path,
-            "at": self._task_started,
-        }
-        if self.max_tasks and self.tasks_complete + 1 >= self.max_tasks:
-            report["last"] = True
-        if self.settings.timeout:
-            report.update(_outcome_if_killed(task))
-        self.reporter.send(**report)
+        last = bool(self.max_tasks) and self.tasks_complete + 1 >= self.max_tasks
+        report = Running(task.task_id, task.func_path or "", self._task_started, last)
+        self.reporter.send(_with_outcome_if_worker_dies(report, task))
 
     def idle(self) -> None:
         self._between_tasks()
         if self._busy:
             self._busy = False
-            self.reporter.send(event="idle", done=self.tasks_complete)
+            self.reporter.send(Idle())
         self.set_title("idle")
 
     def _between_tasks(self) -> None:
@@ -156,20 +155,42 @@ class SupervisedWorker(Worker):
         if self.reporter.broken:
             self.stop()
 
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        # Replaces the library Worker's handlers, whose second signal stops at once: under
+        # alligatord a second SIGTERM is common (systemctl kill reaches every process; the
+        # parent-death signal may follow the master's own SIGTERM) and must not cut a task
+        # short. The master escalates with SIGKILL after graceful_timeout.
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
-def _outcome_if_killed(task: Task) -> dict[str, str]:
-    """What the master writes to the backend if this task outlives the queue's timeout:
-    the killed run counts as a failed attempt."""
+        def ask_to_stop(signum, frame) -> None:
+            # Only a flag: the loop notices it between tasks.
+            self.keep_running = False
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, ask_to_stop)
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        return restore
+
+
+def _with_outcome_if_worker_dies(report: Running, task: Task) -> Running:
+    """Adds what the master writes to the backend if this worker dies before the task
+    ends (crash, OOM kill, timeout): the lost run counts as a failed attempt."""
     try:
         if task.retries > 0:
             attempt = copy.copy(task)
             attempt.retries -= 1
             attempt.to_retrying()
-            return {"retry_data": attempt.serialize()}
-        return {"bury_data": task.serialize()}
+            return replace(report, retry_data=attempt.serialize())
+        return replace(report, bury_data=task.serialize())
     except Exception as exc:  # the master then simply requeues it
-        log.warning("Cannot prepare task %s for a timeout: %s", task.task_id, exc)
-        return {}
+        log.warning("Cannot prepare task %s for a failed run: %s", task.task_id, exc)
+        return report
 
 
 class ParentWatch(threading.Thread):

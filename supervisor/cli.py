@@ -2,9 +2,10 @@
 ``alligatord``: run the workers an INI file asks for, in the foreground, under systemd or a
 terminal.
 
-Exit statuses: 0 after a stop; 1 when ``--check`` finds a problem (or the master fails
-unexpectedly); 2 when the daemon refuses to start (a bad configuration, a preload module
-that fails to import, a pidfile naming a running process).
+Exit statuses: 0 after a stop; 1 when ``--check`` finds a problem, or when the master
+failed unexpectedly (it kills its workers and requeues their tasks first); 2 when the
+daemon refuses to start (a bad configuration, a preload module that fails to import, a
+pidfile held by a running alligatord).
 """
 
 import argparse
@@ -64,7 +65,7 @@ def prepare(config: Config) -> list[str]:
     for module in config.preload:
         try:
             importlib.import_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ConfigError(
                 f"{config.path}, section [{MAIN_SECTION}], key preload: cannot import "
                 f"{module} ({type(exc).__name__}: {exc})."
@@ -84,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(args.config)
         warnings = prepare(config)
-    except ConfigError as exc:
-        print(f"alligatord: {exc}", file=sys.stderr)
+    except Exception as exc:  # a ConfigError says it all; anything else gets its name
+        problem = (
+            exc if isinstance(exc, ConfigError) else f"{args.config}: {type(exc).__name__}: {exc}"
+        )
+        print(f"alligatord: {problem}", file=sys.stderr)
         return 1 if args.check else EXIT_REFUSED
     if args.check:
         for warning in warnings:
@@ -114,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here: the master pulls in psutil and the worker machinery, which --check
     # and --version do not need.
-    from .master import Master
+    from .master import Master, MasterFailed
 
+    private_fds = () if pidfile is None else (pidfile.fileno(),)
     try:
-        return Master(config, args.config, log_level=args.log_level).run()
+        return Master(config, args.config, args.log_level, private_fds=private_fds).run()
+    except MasterFailed:
+        return 1  # logged, its workers killed and their tasks requeued
     except Exception:
-        # The workers notice the master is gone and stop on their own.
+        # Before the master had forked anything: there is no worker to stop.
         log.exception("alligatord failed.")
         return 1
     finally:

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
-from alligator.backends import BACKENDS, client_class, redact_dsn
-from alligator.exceptions import AlligatorException, BackendError
+from alligator.backends import BACKENDS, client_class, dsn_scheme, redact_dsn
+from alligator.exceptions import AlligatorException, BackendError, InvalidDSNError
 
 #: The section of the daemon's own settings.
 MAIN_SECTION = "alligatord"
@@ -40,11 +40,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
 DEFAULT_WORKERS = 1
+#: The most workers a queue may ask for: each one costs the master a descriptor (its
+#: report pipe) and a process, and a typo such as 400 for 40 should not fork-bomb a host.
+MAX_WORKERS = 1000
+#: The smallest ``max_memory``: a Python worker needs more than this to start.
+MIN_MAX_MEMORY = 1024**2
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]?)(?:I?B)?$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG])(?:I?B)?$", re.IGNORECASE)
+_SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 class ConfigError(AlligatorException):
@@ -66,7 +71,7 @@ class WorkerSettings:
     queue: str
     dsn: str
     max_tasks: int = 0
-    max_memory: int = 0  # bytes of RSS; 0 = no limit
+    max_memory: int = 0  # bytes of USS (the memory a worker alone holds); 0 = no limit
     timeout: float = 0.0  # seconds one task may run; 0 = no limit
 
 
@@ -137,7 +142,7 @@ class _Section:
             self.fail(key, "is empty; give it a value or remove the line")
         return value
 
-    def whole_number(self, key: str, default: int) -> int:
+    def whole_number(self, key: str, default: int, most: int | None = None) -> int:
         raw = self.raw(key)
         if raw is None:
             return default
@@ -147,6 +152,8 @@ class _Section:
             value = -1
         if value < 0:
             self.fail(key, f"expected a whole number >= 0, got {raw!r}")
+        if most is not None and value > most:
+            self.fail(key, f"expected a whole number from 0 to {most}, got {raw!r}")
         return value
 
     def seconds(self, key: str, default: float) -> float:
@@ -161,14 +168,21 @@ class _Section:
             self.fail(key, f"expected a number of seconds >= 0, got {raw!r}")
         return value
 
-    def size(self, key: str) -> int:
+    def size(self, key: str, least: int) -> int:
         raw = self.raw(key)
-        if raw is None:
+        if raw is None or raw == "0":
             return 0
         try:
-            return parse_size(raw)
+            value = parse_size(raw)
         except ValueError:
-            self.fail(key, f"expected a size such as 512M (a number with K, M or G), got {raw!r}")
+            self.fail(
+                key, f"expected 0 or a size such as 512M (a number with K, M or G), got {raw!r}"
+            )
+        if 0 < value < least:
+            self.fail(
+                key, f"{raw!r} is too small; give at least {least // 1024**2}M, or 0 for no limit"
+            )
+        return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         raw = self.raw(key)
@@ -186,20 +200,21 @@ class _Section:
         raw = self.raw(key)
         if raw is None:
             return None
-        if "://" not in raw:
+        try:
+            scheme = dsn_scheme(raw)
+        except InvalidDSNError:
             self.fail(key, f"{raw!r} is not a DSN; expected scheme://…, e.g. sqlite:///queue.db")
-        scheme = raw.split("://", 1)[0].lower()
         if scheme == "locmem":
             self.fail(
                 key,
                 "locmem:// keeps tasks inside one process, where alligatord's worker processes "
                 "never see them; use sqlite:// (one host) or redis:// (many hosts)",
             )
-        if scheme not in BACKENDS:
-            usable = ", ".join(f"{name}://" for name in sorted(BACKENDS) if name != "locmem")
-            self.fail(key, f"no backend handles the scheme {scheme}://; use one of {usable}")
         try:
             client_class(raw)
+        except InvalidDSNError:
+            usable = ", ".join(f"{name}://" for name in sorted(BACKENDS) if name != "locmem")
+            self.fail(key, f"no backend handles the scheme {scheme}://; use one of {usable}")
         except ImportError as exc:
             self.fail(key, f"the {scheme}:// backend cannot be imported ({exc})")
         return raw
@@ -228,11 +243,14 @@ def _words(raw: str | None) -> list[str]:
 
 def parse_size(text: str) -> int:
     """
-    Reads a size such as ``256M`` into bytes (``K``, ``M`` and ``G`` are powers of 1024).
+    Reads a size such as ``256M`` into bytes (``K``, ``M`` and ``G`` are powers of 1024;
+    the unit is required, so that ``256`` cannot mean 256 bytes by mistake).
 
     Ex::
 
         parse_size('256M')  # 268435456
+
+    :raises ValueError: When the text is not a number with a unit
     """
     match = _SIZE.match(text.strip())
     if match is None:
@@ -316,6 +334,7 @@ def load(path: str) -> Config:
             main.fail("pythonpath", f"the directory {entry} does not exist")
 
     queues = []
+    sections_of: dict[str, str] = {}  # queue name -> the section that configures it
     for name in parser.sections():
         if not name.startswith(QUEUE_PREFIX):
             continue
@@ -327,6 +346,13 @@ def load(path: str) -> Config:
                 f"{queue_name!r} is not a queue name; use letters, digits and _ . : - "
                 f"(e.g. [queue:emails])",
             )
+        if queue_name in sections_of:
+            section.fail(
+                None,
+                f"names the queue {queue_name!r} again, after [{sections_of[queue_name]}]; "
+                f"keep one section per queue",
+            )
+        sections_of[queue_name] = name
         queue_dsn = section.dsn("dsn") or dsn
         if queue_dsn is None:
             section.fail("dsn", f"no DSN for this queue; set dsn in [{MAIN_SECTION}] or here")
@@ -334,10 +360,10 @@ def load(path: str) -> Config:
             queue=queue_name,
             dsn=queue_dsn,
             max_tasks=section.whole_number("max_tasks", 0),
-            max_memory=section.size("max_memory"),
+            max_memory=section.size("max_memory", MIN_MAX_MEMORY),
             timeout=section.seconds("timeout", 0.0),
         )
-        workers = section.whole_number("workers", DEFAULT_WORKERS)
+        workers = section.whole_number("workers", DEFAULT_WORKERS, most=MAX_WORKERS)
         queues.append(QueueConfig(queue_name, workers, settings))
     if not queues:
         raise ConfigError(
@@ -364,7 +390,8 @@ def check_dsns(config: Config) -> list[str]:
     judge: its options, a SQLite file's missing directory.
 
     A backend that cannot be reached now is no configuration error: it is returned as a
-    warning, and workers keep retrying it once started.
+    warning, and workers keep retrying it once started. Anything else a backend raises
+    about its DSN is a ``ConfigError``.
 
     Ex::
 
@@ -382,12 +409,32 @@ def check_dsns(config: Config) -> list[str]:
             continue
         seen.add(dsn)
         section = f"[queue:{queue.name}]" if dsn != config.dsn else f"[{MAIN_SECTION}]"
+        where = f"{config.path}, section {section}, key dsn"
         try:
             client = client_class(dsn)(dsn)
         except BackendError as exc:
-            warnings.append(f"The backend of {redact_dsn(dsn)} cannot be reached now: {exc}")
+            warnings.append(f"The backend of {_shown(dsn)} cannot be reached now: {exc}")
             continue
         except AlligatorException as exc:
-            raise ConfigError(f"{config.path}, section {section}, key dsn: {exc}") from exc
+            raise ConfigError(f"{where}: {_sentence(str(exc))}") from exc
+        except Exception as exc:  # a backend's own parser may raise anything on a bad DSN
+            raise ConfigError(
+                f"{where}: {_shown(dsn)} is refused by its backend "
+                f"({type(exc).__name__}: {_sentence(str(exc))[:-1]})."
+            ) from exc
         client.close()
     return warnings
+
+
+def _shown(dsn: str) -> str:
+    """The DSN with its password masked; never raises, whatever the DSN."""
+    try:
+        return redact_dsn(dsn)
+    except Exception:
+        return f"{dsn.split('://', 1)[0]}://…"
+
+
+def _sentence(text: str) -> str:
+    """One line ending with a full stop, whatever an exception's message looked like."""
+    text = " ".join(text.split()) or "no reason given"
+    return text if text.endswith(".") else f"{text}."

@@ -27,15 +27,19 @@ class ReopenableFileHandler(logging.FileHandler):
     """A log file that can be closed and opened again under the same name."""
 
     def reopen(self) -> None:
+        """
+        Opens the file again under its name, then closes the old stream.
+
+        :raises OSError: When the file cannot be opened; the old stream stays in use
+        """
+        stream = open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors)
         self.acquire()
         try:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = open(
-                self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors
-            )
+            old, self.stream = self.stream, stream
         finally:
             self.release()
+        if old is not None:
+            old.close()
 
 
 def configure(level: str, log_file: str | None = None) -> None:
@@ -45,19 +49,23 @@ def configure(level: str, log_file: str | None = None) -> None:
     Ex::
 
         configure('info', '/var/log/alligatord.log')
+
+    :raises OSError: When ``log_file`` cannot be opened; logging stays as it was
     """
     global _handler
+    # The new handler first: if its file cannot be opened, the old one keeps working.
+    if log_file:
+        handler: logging.Handler = ReopenableFileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(_QueueField())
     root = logging.getLogger()
+    root.addHandler(handler)
     if _handler is not None:
         root.removeHandler(_handler)
         _handler.close()
-    if log_file:
-        _handler = ReopenableFileHandler(log_file, encoding="utf-8")
-    else:
-        _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    _handler.addFilter(_QueueField())
-    root.addHandler(_handler)
+    _handler = handler
     set_level(level)
 
 
@@ -84,20 +92,42 @@ def set_queue(name: str) -> None:
     _queue = name
 
 
+def has_file() -> bool:
+    """
+    Whether records go to a log file (rather than stderr).
+
+    Ex::
+
+        has_file()  # True with log_file = /var/log/alligator/alligatord.log
+    """
+    return isinstance(_handler, ReopenableFileHandler)
+
+
 def reopen() -> bool:
     """
-    Reopens the log file, if records go to one.
+    Reopens the log file under its name, if records go to one. When it cannot be opened
+    (its directory is gone, a permission changed), records keep going to the file already
+    open, and a warning says so.
 
     Ex::
 
         reopen()  # after logrotate renamed the file
 
-    :returns: Whether there was a file to reopen
+    :returns: Whether a log file was reopened
     """
-    if isinstance(_handler, ReopenableFileHandler):
-        _handler.reopen()
-        return True
-    return False
+    handler = _handler
+    if not isinstance(handler, ReopenableFileHandler):
+        return False
+    try:
+        handler.reopen()
+    except OSError as exc:
+        logging.getLogger(__name__).warning(
+            "Cannot reopen the log file %s (%s); still writing to the one already open.",
+            handler.baseFilename,
+            exc.strerror or exc,
+        )
+        return False
+    return True
 
 
 def flush() -> None:

@@ -21,8 +21,6 @@ client only to requeue a reaped worker's task, and closes it at once.
 """
 
 import enum
-import errno
-import json
 import logging
 import os
 import select
@@ -39,7 +37,8 @@ from alligator.backends import Client, client_class, redact_dsn
 from alligator.gator import new_consumer_id
 
 from . import child, logs
-from .config import Config, ConfigError, QueueConfig, WorkerSettings, check_dsns, load
+from .config import Config, QueueConfig, WorkerSettings, check_dsns, load
+from .reports import Report, ReportError, ReportReader, Running
 from .systemd import Notifier, monotonic_usec
 
 log = logging.getLogger(__name__)
@@ -48,10 +47,14 @@ log = logging.getLogger(__name__)
 STARTUP_SECONDS = 1.0
 #: Pauses before the next try after failed starts: 1, 2, 4 … up to this.
 BACKOFF_MAX = 60.0
-#: Seconds between two RSS checks of workers whose queue sets ``max_memory``.
+#: Seconds between two memory checks of workers whose queue sets ``max_memory``.
 MEMORY_CHECK_INTERVAL = 2.0
 #: The longest the loop sleeps without a reason to wake.
 LOOP_MAX_SLEEP = 1.0
+#: After a failure of its own, how long the master waits for its killed workers to go.
+FAILURE_REAP_SECONDS = 5.0
+#: Invalid reports logged per worker; more are dropped without a word.
+BAD_REPORTS_LOGGED = 3
 
 #: The signals the master handles; blocked around each fork.
 HANDLED_SIGNALS = (
@@ -62,6 +65,10 @@ HANDLED_SIGNALS = (
     signal.SIGCHLD,
     signal.SIGUSR1,
 )
+
+
+class MasterFailed(Exception):
+    """The master hit an unexpected error; it killed its workers and logged why."""
 
 
 class State(enum.Enum):
@@ -127,14 +134,15 @@ class Slot:
     pid: int | None = None
     consumer_id: str = ""
     pipe: int | None = None
-    buffer: bytes = b""
+    reader: ReportReader = field(default_factory=ReportReader)
+    bad_reports: int = 0
     started_at: float = 0.0
     failures: int = 0
     retry_at: float = 0.0
     kill_at: float | None = None
-    task: dict | None = None  # the worker's last "running" report, until it is idle
-    tasks_done: int = 0
+    task: Running | None = None  # the task the worker runs, until it reports idle
     timed_out: str | None = None  # the task id it was killed for overrunning
+    killed_to_stop: bool = False  # SIGKILLed by a stop: its task's run is not its fault
     term_sent: bool = False
     eof: bool = False  # the worker closed its end of the pipe: it is exiting
 
@@ -171,7 +179,10 @@ class _Requeue:
     settings: WorkerSettings
     consumer_id: str
     pid: int
-    timed_out: dict | None
+    #: The report of the task the worker died running, when that run counts as a failed
+    #: attempt (a crash or a timeout, not a stop), and why it failed.
+    failed_report: Running | None = None
+    failure: str = ""
 
 
 class Master:
@@ -187,6 +198,8 @@ class Master:
     :param config_path: The file to read again on SIGHUP, as given on the command line
     :param log_level: A level from the command line, which wins over the file's
     :param notifier: Where to send systemd notifications; from the environment if omitted
+    :param private_fds: Descriptors of the master's own (e.g. the pidfile's, which holds
+        its lock) that workers must not inherit
     """
 
     def __init__(
@@ -195,15 +208,17 @@ class Master:
         config_path: str,
         log_level: str | None = None,
         notifier: Notifier | None = None,
+        private_fds: tuple[int, ...] = (),
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.log_level_override = log_level
         self.notifier = notifier or Notifier()
+        self.private_fds = private_fds
         self.pools: dict[str, Pool] = {}
         self.by_pid: dict[int, Slot] = {}
         self.signals: deque[int] = deque()
-        self.stopping: str | None = None  # None, "graceful" or "fast"
+        self.stopping = False
         self.ready_pending = True  # READY=1 is due once the workers are up
         self.status = ""
         self.next_memory_check = 0.0
@@ -218,30 +233,75 @@ class Master:
         Forks the workers and supervises them until SIGTERM, SIGINT or SIGQUIT.
 
         :returns: The exit status: 0
+        :raises MasterFailed: After an unexpected error, once every worker was killed and
+            its task requeued
         """
         setproctitle.setproctitle(f"alligatord: master -c {self.config_path}")
         self._install_signals()
-        log.info(
-            "alligatord started: master pid %d, %d queue(s), %d worker(s).",
-            self.pid,
-            len(self.config.queues),
-            self.config.total_workers,
-        )
-        for queue in self.config.queues:
-            self.pools[queue.name] = Pool(queue)
         try:
-            while True:
-                self._supervise()
-                if self.stopping and not self.by_pid:
-                    break
-                self._wait(self._sleep_time())
-                self._handle_signals()
-                self._reap()
+            log.info(
+                "alligatord started: master pid %d, %d queue(s), %d worker(s).",
+                self.pid,
+                len(self.config.queues),
+                self.config.total_workers,
+            )
+            for queue in self.config.queues:
+                self.pools[queue.name] = Pool(queue)
+            try:
+                self._loop()
+            except Exception as exc:
+                self._fail(exc)
+                raise MasterFailed(str(exc)) from exc
         finally:
             self._uninstall_signals()
             self.notifier.close()
         log.info("alligatord stopped.")
         return 0
+
+    def _loop(self) -> None:
+        while True:
+            self._supervise()
+            if self.stopping and not self.by_pid:
+                return
+            self._wait(self._sleep_time())
+            self._handle_signals()
+            self._reap()
+
+    def _fail(self, exc: Exception) -> None:
+        """Stops at once after an error of the master's own: kills every worker, reaps
+        them and requeues their tasks, so that no worker outlives a master in an unknown
+        state. One log line says why."""
+        log.critical(
+            "alligatord failed (%s: %s); killing its %d worker(s) and exiting.",
+            type(exc).__name__,
+            exc,
+            len(self.by_pid),
+            exc_info=exc,
+        )
+        self.stopping = True
+        try:
+            self.notifier.notify("STOPPING=1", "STATUS=Failed; stopping.")
+            for pid in self.by_pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            requeues = []
+            deadline = time.monotonic() + FAILURE_REAP_SECONDS
+            while self.by_pid and time.monotonic() < deadline:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    time.sleep(0.01)  # SIGKILLed processes are gone within moments
+                    continue
+                slot = self.by_pid.pop(pid, None)
+                if slot is not None:
+                    requeues.append(_Requeue(slot.settings, slot.consumer_id, pid))
+            self._requeue(requeues)
+        except Exception:
+            log.exception("Stopping after that failure failed too; tasks return by lease.")
 
     def _install_signals(self) -> None:
         self.wakeup_r, self.wakeup_w = os.pipe()
@@ -272,7 +332,7 @@ class Master:
             if slot.kill_at is not None:
                 deadlines.append(slot.kill_at)
             if slot.task is not None and slot.settings.timeout and slot.timed_out is None:
-                deadlines.append(slot.task["at"] + slot.settings.timeout)
+                deadlines.append(slot.task.at + slot.settings.timeout)
         if self.notifier.watchdog_interval:
             deadlines.append(self.next_watchdog)
         # A floor, so that a deadline that somehow stays in the past cannot spin the CPU.
@@ -332,39 +392,28 @@ class Master:
                 self._reopen_logs()
 
     def _stop(self, graceful: bool) -> None:
-        if self.stopping is None:
+        if not self.stopping:
+            self.stopping = True
             self.notifier.notify("STOPPING=1", "STATUS=Stopping.")
-        if not graceful:
-            self.stopping = "fast"
-            for slot in self._slots():
-                if slot.pid is not None:
-                    self._kill(slot, signal.SIGKILL)
+        for pool in self.pools.values():
+            for slot in list(pool.slots):
+                if graceful or slot.pid is None:
+                    self._retire(pool, slot, "alligatord is stopping")
+                else:
+                    self._kill_to_stop(slot)
                     if slot.state is not State.STOPPING:
                         slot.to(State.STOPPING, "stopping at once (SIGQUIT)")
-            self._drop_idle_slots()
-            return
-        self.stopping = "graceful"
-        for pool in self.pools.values():
-            for slot in list(pool.slots):
-                self._retire(pool, slot, "alligatord is stopping")
-
-    def _drop_idle_slots(self) -> None:
-        """Removes the slots without a process (waiting to restart, or dead)."""
-        for pool in self.pools.values():
-            for slot in list(pool.slots):
-                if slot.pid is None:
-                    if slot.state is State.BACKOFF:
-                        slot.to(State.EXITED, "alligatord is stopping")
-                    pool.slots.remove(slot)
 
     def _reopen_logs(self) -> None:
+        if not logs.has_file():
+            log.info("SIGUSR1: no log_file is configured; nothing to reopen.")
+            return
         if logs.reopen():
             log.info("SIGUSR1: reopened the log file.")
-            for slot in self._slots():
-                if slot.pid is not None:
-                    self._kill(slot, signal.SIGUSR1)
-        else:
-            log.info("SIGUSR1: no log_file is configured; nothing to reopen.")
+        # Passed on either way: a worker's own reopen may well succeed.
+        for slot in self._slots():
+            if slot.pid is not None:
+                self._kill(slot, signal.SIGUSR1)
 
     # Reload.
 
@@ -373,12 +422,14 @@ class Master:
         log.info("SIGHUP: reloading %s.", self.config_path)
         try:
             new = load(self.config_path)
-            for warning in check_dsns(new):
-                log.warning("%s", warning)
-        except ConfigError as exc:
+            warnings = check_dsns(new)
+        except Exception as exc:  # whatever the file holds, the running master goes on
             log.error("Reload refused, the running configuration stays: %s", exc)
-            self.notifier.notify("READY=1", f"STATUS={self.status}")
+            if not self.ready_pending:  # else READY=1 comes once the workers are up
+                self.notifier.notify("READY=1", f"STATUS={self.status}")
             return
+        for warning in warnings:
+            log.warning("%s", warning)
         old = self.config
         for key in ("pidfile", "preload", "pythonpath"):
             if getattr(new, key) != getattr(old, key):
@@ -388,7 +439,7 @@ class Master:
             try:
                 logs.configure(level, new.log_file)
             except OSError as exc:
-                logs.configure(level, old.log_file)
+                logs.set_level(level)
                 log.error("Cannot open log_file %s (%s); logging as before.", new.log_file, exc)
         else:
             logs.set_level(level)
@@ -428,7 +479,7 @@ class Master:
                     slot.describe(),
                     self.config.graceful_timeout,
                 )
-                self._kill(slot, signal.SIGKILL)
+                self._kill_to_stop(slot)
             self._check_timeout(slot, now)
         if not self.stopping:
             if now >= self.next_memory_check:
@@ -444,17 +495,17 @@ class Master:
         timeout = slot.settings.timeout
         if not timeout or slot.task is None or slot.timed_out is not None or slot.pid is None:
             return
-        if now - slot.task["at"] < timeout:
+        if now - slot.task.at < timeout:
             return
         self._read_reports(slot)  # it may have finished a moment ago
-        if slot.task is None or now - slot.task["at"] < timeout:
+        if slot.task is None or now - slot.task.at < timeout:
             return
-        slot.timed_out = slot.task["task"]
+        slot.timed_out = slot.task.task_id
         log.error(
             "%s: task %s (%s) ran longer than timeout=%gs; killing the worker.",
             slot.describe(),
-            slot.task["task"],
-            slot.task["func"],
+            slot.task.task_id,
+            slot.task.func,
             timeout,
         )
         self._kill(slot, signal.SIGKILL)
@@ -465,17 +516,21 @@ class Master:
         for pool in self.pools.values():
             for slot in list(pool.slots):
                 limit = slot.settings.max_memory
-                if not limit or slot.pid is None or slot.state is State.STOPPING:
+                # A worker still STARTING is judged once it is up: right after the fork
+                # its memory is mostly the master's.
+                if not limit or slot.pid is None or slot.state is not State.RUNNING:
                     continue
                 try:
-                    rss = psutil.Process(slot.pid).memory_info().rss
+                    # USS: the memory this worker alone holds. RSS would also count the
+                    # pages it still shares with the master (preload) and its siblings.
+                    used = psutil.Process(slot.pid).memory_full_info().uss
                 except psutil.Error:
                     continue  # gone: the next reap deals with it
-                if rss > limit:
+                if used > limit:
                     self._retire(
                         pool,
                         slot,
-                        f"recycling: RSS {rss / 2**20:.0f} MiB > max_memory "
+                        f"recycling: its own memory (USS) {used / 2**20:.0f} MiB > max_memory "
                         f"{limit / 2**20:.0f} MiB",
                     )
 
@@ -506,13 +561,13 @@ class Master:
             current.append(slot)
             self._spawn(slot)
 
-        # Workers of an older configuration leave as their replacements come up.
+        # Workers of an older configuration leave as their replacements come up; those
+        # without a process leave at once.
         up = sum(1 for slot in current if slot.state is State.RUNNING)
         keep = max(0, wanted - up)
-        for slot in sorted(outdated, key=_retire_first)[: max(0, len(outdated) - keep)]:
-            self._retire(pool, slot, "replaced after a configuration change")
+        leaving = sorted(outdated, key=_retire_first)[: max(0, len(outdated) - keep)]
         for slot in outdated:
-            if slot.pid is None and slot in pool.slots:
+            if slot in leaving or slot.pid is None:
                 self._retire(pool, slot, "replaced after a configuration change")
 
     @staticmethod
@@ -531,13 +586,18 @@ class Master:
             pool.slots.remove(slot)
             return
         if not slot.term_sent:
-            # Once only: a worker takes a second SIGTERM as "stop at once".
             self._kill(slot, signal.SIGTERM)
             slot.term_sent = True
         deadline = time.monotonic() + self.config.graceful_timeout
         slot.kill_at = deadline if slot.kill_at is None else min(slot.kill_at, deadline)
         if slot.state is not State.STOPPING:
             slot.to(State.STOPPING, why)
+
+    def _kill_to_stop(self, slot: Slot) -> None:
+        """SIGKILL for a stop that cannot wait: the task it cuts short is requeued as it
+        was, with no failed attempt counted."""
+        slot.killed_to_stop = True
+        self._kill(slot, signal.SIGKILL)
 
     def _kill(self, slot: Slot, signum: int) -> None:
         try:
@@ -550,8 +610,12 @@ class Master:
     def _spawn(self, slot: Slot) -> None:
         """Forks a worker into ``slot``; the child never returns from here."""
         consumer_id = new_consumer_id()
-        read_end, write_end = os.pipe()
-        inherited = [self.wakeup_r, self.wakeup_w, read_end]
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:  # EMFILE, ENFILE: as good as a failed fork
+            self._failed_start(slot, f"cannot create its report pipe: {exc}")
+            return
+        inherited = [self.wakeup_r, self.wakeup_w, read_end, *self.private_fds]
         inherited += [other.pipe for other in self._slots() if other.pipe is not None]
         if self.notifier.fileno() is not None:
             inherited.append(self.notifier.fileno())
@@ -564,27 +628,37 @@ class Master:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             os.close(read_end)
             os.close(write_end)
-            slot.failures += 1
-            slot.retry_at = time.monotonic() + backoff_delay(slot.failures)
-            log.error("Cannot fork a worker for queue %r: %s", slot.settings.queue, exc)
-            if slot.state is not State.BACKOFF:
-                slot.to(State.STARTING, "fork attempted")
-                slot.to(State.BACKOFF, "fork failed")
+            self._failed_start(slot, f"cannot fork: {exc}")
             return
         if pid == 0:
             self._become_worker(slot, consumer_id, write_end, inherited)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         os.close(write_end)
         os.set_blocking(read_end, False)
-        slot.pid, slot.consumer_id, slot.pipe, slot.buffer = pid, consumer_id, read_end, b""
+        slot.pid, slot.consumer_id, slot.pipe = pid, consumer_id, read_end
+        slot.reader, slot.bad_reports = ReportReader(), 0
         slot.started_at = time.monotonic()
-        slot.task, slot.tasks_done, slot.timed_out, slot.kill_at = None, 0, None, None
-        slot.term_sent, slot.eof = False, False
+        slot.task, slot.timed_out, slot.kill_at = None, None, None
+        slot.killed_to_stop, slot.term_sent, slot.eof = False, False, False
         self.by_pid[pid] = slot
         if slot.state is State.BACKOFF:
             slot.to(State.STARTING, f"retrying after {backoff_delay(slot.failures):g}s")
         else:
             slot.to(State.STARTING, "forked")
+
+    def _failed_start(self, slot: Slot, why: str) -> None:
+        slot.failures += 1
+        delay = backoff_delay(slot.failures)
+        slot.retry_at = time.monotonic() + delay
+        log.error(
+            "Cannot start a worker for queue %r (%s); next try in %gs.",
+            slot.settings.queue,
+            why,
+            delay,
+        )
+        if slot.state is not State.BACKOFF:
+            slot.to(State.STARTING, "start attempted")
+            slot.to(State.BACKOFF, f"failed start #{slot.failures}")
 
     def _become_worker(
         self, slot: Slot, consumer_id: str, write_end: int, inherited: list[int]
@@ -597,7 +671,7 @@ class Master:
                 )
             else:
                 status = 0
-        except SystemExit as exc:  # a second SIGTERM stops the Worker at once
+        except SystemExit as exc:  # outside any task: a task's own is its failure
             status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         except BaseException:
             log.exception("Worker for queue %r failed.", slot.settings.queue)
@@ -614,8 +688,6 @@ class Master:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
-            except InterruptedError:
-                continue
             if pid == 0:
                 break
             slot = self.by_pid.pop(pid, None)
@@ -630,11 +702,9 @@ class Master:
         # so a task it finished just before a kill is not taken for one still running.
         self._read_reports(slot, to_end=True)
         os.close(slot.pipe)
-        timed_out = None
-        if slot.timed_out is not None and slot.task and slot.task["task"] == slot.timed_out:
-            timed_out = slot.task
-        requeue = _Requeue(slot.settings, slot.consumer_id, slot.pid, timed_out)
         how = describe_exit(status)
+        requeue = _Requeue(slot.settings, slot.consumer_id, slot.pid)
+        requeue.failed_report, requeue.failure = self._failed_run(slot, how)
         lived = time.monotonic() - slot.started_at
         pool = self.pools.get(slot.settings.queue)
         slot.pipe, slot.task, slot.kill_at = None, None, None
@@ -661,6 +731,22 @@ class Master:
         slot.pid = None
         return requeue
 
+    @staticmethod
+    def _failed_run(slot: Slot, how: str) -> tuple[Running | None, str]:
+        """The task a dead worker was running, if its death counts as a failed attempt of
+        that task (a crash or a timeout, not a stop), and the error to store with it."""
+        report = slot.task
+        if report is None or slot.killed_to_stop:
+            return None, ""
+        if slot.timed_out is not None:
+            if slot.timed_out != report.task_id:  # killed as the next task began
+                return None, ""
+            return report, (
+                f"Killed by alligatord: the task ran longer than "
+                f"timeout={slot.settings.timeout:g}s (worker pid {slot.pid})."
+            )
+        return report, f"Its worker (pid {slot.pid}) died while running it: {how}."
+
     def _read_reports(self, slot: Slot, to_end: bool = False) -> None:
         if slot.pipe is None:
             return
@@ -670,34 +756,43 @@ class Master:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno != errno.EINTR:
-                    break
-                continue
+                log.warning("Cannot read the reports of %s: %s", slot.describe(), exc)
+                break
             if not chunk:
                 slot.eof = True  # not polled again: it would be readable for ever
                 break
-            slot.buffer += chunk
+            for report in slot.reader.feed(chunk):
+                if isinstance(report, ReportError):
+                    self._on_bad_report(slot, report)
+                else:
+                    self._on_report(slot, report)
             if not to_end:
                 break
-        *lines, slot.buffer = slot.buffer.split(b"\n")
-        for line in lines:
-            try:
-                self._on_report(slot, json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s sent an unreadable report (%s): %r", slot.describe(), exc, line)
 
-    def _on_report(self, slot: Slot, report: dict) -> None:
-        event = report["event"]
-        if event == "running":
+    def _on_report(self, slot: Slot, report: Report) -> None:
+        if isinstance(report, Running):
             slot.task = report
-            if report.get("last") and slot.state is not State.STOPPING:
+            if report.last and slot.state is not State.STOPPING:
                 slot.to(
                     State.STOPPING,
                     f"recycling after this task (max_tasks={slot.settings.max_tasks})",
                 )
-        elif event == "idle":
+        else:
             slot.task = None
-            slot.tasks_done = int(report["done"])
+
+    @staticmethod
+    def _on_bad_report(slot: Slot, error: ReportError) -> None:
+        slot.bad_reports += 1
+        if slot.bad_reports <= BAD_REPORTS_LOGGED:
+            more = (
+                "; its further ones go unlogged" if slot.bad_reports == BAD_REPORTS_LOGGED else ""
+            )
+            log.warning(
+                "%s wrote something that is not a report, ignored%s: %s",
+                slot.describe(),
+                more,
+                error,
+            )
 
     def _requeue(self, requeues: list[_Requeue]) -> None:
         """Returns reaped workers' in-flight tasks to their queues: one client per DSN,
@@ -726,16 +821,8 @@ class Master:
     def _requeue_one(self, client: Client, requeue: _Requeue) -> None:
         queue = requeue.settings.queue
         try:
-            if requeue.timed_out is not None:
-                if client.server_requeues_dead_consumers:
-                    log.warning(
-                        "Task %s on queue %r returns to its queue as it was: this backend "
-                        "releases a killed worker's task itself, so the attempt is not counted.",
-                        requeue.timed_out["task"],
-                        queue,
-                    )
-                else:
-                    self._count_timed_out_attempt(client, requeue)
+            if requeue.failed_report is not None:
+                self._count_failed_attempt(client, requeue)
             count = client.requeue_inflight(queue, requeue.consumer_id)
         except Exception as exc:
             log.error(
@@ -751,30 +838,39 @@ class Master:
                 "Requeued %d task(s) of dead worker pid %d on queue %r.", count, requeue.pid, queue
             )
 
-    def _count_timed_out_attempt(self, client: Client, requeue: _Requeue) -> None:
-        report, queue = requeue.timed_out, requeue.settings.queue
-        if "retry_data" in report:
-            client.retry(queue, report["task"], requeue.consumer_id, report["retry_data"])
+    @staticmethod
+    def _count_failed_attempt(client: Client, requeue: _Requeue) -> None:
+        report, queue = requeue.failed_report, requeue.settings.queue
+        task = f"Task {report.task_id} ({report.func}) on queue {queue!r}"
+        if client.server_requeues_dead_consumers:
             log.warning(
-                "Task %s (%s) on queue %r: the killed run counts as a failed attempt; it will "
-                "be retried.",
-                report["task"],
-                report["func"],
-                queue,
+                "%s: %s It returns to its queue as it was: this backend releases a dead "
+                "worker's task itself, so the failed run is not counted.",
+                task,
+                requeue.failure,
             )
-        elif "bury_data" in report:
-            error = (
-                f"Killed by alligatord: the task ran longer than "
-                f"timeout={requeue.settings.timeout:g}s (worker pid {requeue.pid})."
+        elif report.retry_data is not None:
+            client.retry(queue, report.task_id, requeue.consumer_id, report.retry_data)
+            log.warning(
+                "%s: %s The run counts as a failed attempt; it will be retried.",
+                task,
+                requeue.failure,
             )
+        elif report.bury_data is not None:
             client.add_dead_letter(
-                queue, report["task"], report["bury_data"], error, requeue.consumer_id
+                queue, report.task_id, report.bury_data, requeue.failure, requeue.consumer_id
             )
             log.warning(
-                "Task %s (%s) on queue %r had no retries left; moved to the dead letters.",
-                report["task"],
-                report["func"],
-                queue,
+                "%s: %s It had no retries left; moved to the dead letters.",
+                task,
+                requeue.failure,
+            )
+        else:
+            log.warning(
+                "%s: %s It returns to its queue as it was: its worker could not describe "
+                "a failed run of it.",
+                task,
+                requeue.failure,
             )
 
     # Telling systemd.

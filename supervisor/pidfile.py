@@ -1,12 +1,16 @@
 """
-The pidfile: written atomically at start, refused when it names a live process, replaced
-when stale, removed at exit.
+The pidfile: locked for the master's whole life, written atomically, replaced when stale,
+removed at exit.
 
-A pidfile naming this very process counts as stale: in a container the daemon often gets
-the same pid on every start, and must not refuse to start because of its own old file.
+The lock (``flock``) is what tells a running alligatord from a stale file: the kernel
+drops it when its process dies, however it dies, so two daemons starting at the same
+moment cannot both take the file, and a pid reused by an unrelated process after a crash
+or a reboot does not keep alligatord from starting. The pid inside is for people and
+tools that read it.
 """
 
 import errno
+import fcntl
 import logging
 import os
 
@@ -14,9 +18,12 @@ from alligator.exceptions import AlligatorException
 
 log = logging.getLogger(__name__)
 
+#: Tries at taking the lock when another process replaces the file under our feet.
+_LOCK_TRIES = 10
+
 
 class PidfileError(AlligatorException):
-    """The pidfile names a running process, or cannot be written."""
+    """Another alligatord holds the pidfile, or it cannot be written."""
 
 
 def read_pid(path: str) -> int | None:
@@ -25,7 +32,7 @@ def read_pid(path: str) -> int | None:
 
     Ex::
 
-        read_pid('/run/alligatord.pid')  # 4242
+        read_pid('/run/alligator/alligatord.pid')  # 4242
     """
     try:
         with open(path, encoding="ascii", errors="replace") as handle:
@@ -35,34 +42,13 @@ def read_pid(path: str) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def is_running(pid: int) -> bool:
-    """
-    Whether a process with this pid exists (a zombie counts as gone).
-
-    Ex::
-
-        is_running(1)  # True
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, and belongs to someone else
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 class Pidfile:
     """
-    A pidfile owned by this process.
+    A pidfile owned, and locked, by this process until ``remove``.
 
     Ex::
 
-        pidfile = Pidfile('/run/alligatord.pid')
+        pidfile = Pidfile('/run/alligator/alligatord.pid')
         pidfile.create()
         try:
             ...
@@ -73,52 +59,101 @@ class Pidfile:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self.pid: int | None = None
+        self._fd: int | None = None
+
+    def fileno(self) -> int | None:
+        """The descriptor that holds the lock (workers must not inherit it), once created."""
+        return self._fd
 
     def create(self) -> None:
         """
-        Writes this process's pid, refusing if the file names another live process.
+        Takes the lock and writes this process's pid.
 
-        :raises PidfileError: When another process holds it, or it cannot be written
+        :raises PidfileError: When another process holds the lock, or the file cannot be
+            written
         """
         pid = os.getpid()
-        temporary = f"{self.path}.{pid}.tmp"
         try:
-            with open(temporary, "w", encoding="ascii") as handle:
-                handle.write(f"{pid}\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            held, stale = self._lock_current()
             try:
-                # A hard link appears whole or not at all, and fails if the name is taken:
-                # two daemons starting at once cannot both win.
-                os.link(temporary, self.path)
-            except FileExistsError:
-                holder = read_pid(self.path)
-                if holder is not None and holder != pid and is_running(holder):
-                    raise PidfileError(
-                        f"The pidfile {self.path} names process {holder}, which is running: "
-                        f"is alligatord already started? Stop it, or remove the file if that "
-                        f"process is not alligatord."
-                    ) from None
-                log.warning(
-                    "Replacing the stale pidfile %s (it named %s).",
-                    self.path,
-                    "no valid pid" if holder is None else f"pid {holder}",
-                )
-                os.replace(temporary, self.path)
+                self._write_locked(pid)
+            finally:
+                os.close(held)  # the new file carries the lock from here on
         except OSError as exc:
+            self._close()
             raise PidfileError(
                 f"Cannot write the pidfile {self.path}: {exc.strerror or exc}."
             ) from exc
-        finally:
+        except PidfileError:
+            self._close()
+            raise
+        if stale is not None:
+            log.warning(
+                "Replaced the stale pidfile %s (it named %s).",
+                self.path,
+                "no valid pid" if stale == 0 else f"pid {stale}",
+            )
+        self.pid = pid
+
+    def _lock_current(self) -> tuple[int, int | None]:
+        """Locks the file now at the path (creating it if missing): no other alligatord
+        can start while we hold it. Returns its descriptor and, if the file named a pid,
+        that stale pid (0 for garbage), or ``None`` for a new file."""
+        for _ in range(_LOCK_TRIES):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = read_pid(self.path)
+                raise PidfileError(
+                    f"The pidfile {self.path} is held by process "
+                    f"{holder if holder is not None else '(unknown)'}, which is running: is "
+                    f"alligatord already started? Stop it first."
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # The holder we raced with may have replaced the file meanwhile: the lock
+            # counts only on the file the path names now.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            mine = os.fstat(fd)
+            if (mine.st_dev, mine.st_ino) != (current.st_dev, current.st_ino):
+                os.close(fd)
+                continue
+            stale = None
+            if mine.st_size:
+                stale = read_pid(self.path) or 0
+            return fd, stale
+        raise PidfileError(
+            f"The pidfile {self.path} keeps changing; is another alligatord starting?"
+        )
+
+    def _write_locked(self, pid: int) -> None:
+        """Writes a new file beside the old, locks it, and renames it over the old one:
+        a reader sees the old content or the new, whole, and the lock never lapses."""
+        temporary = f"{self.path}.{pid}.tmp"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self._fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{pid}\n".encode())
+            os.fsync(fd)
+            os.replace(temporary, self.path)
+        except BaseException:
             try:
                 os.unlink(temporary)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     log.warning("Cannot remove %s: %s", temporary, exc)
-        self.pid = pid
+            raise
 
     def remove(self) -> None:
-        """Removes the file, if it still names this process."""
+        """Removes the file, if it still names this process, and releases the lock."""
         if self.pid is None:
             return
         if read_pid(self.path) == self.pid:
@@ -127,3 +162,9 @@ class Pidfile:
             except OSError as exc:
                 log.warning("Cannot remove the pidfile %s: %s", self.path, exc)
         self.pid = None
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -14,7 +14,8 @@ from alligator import Gator
 
 log = logging.getLogger(__name__)
 
-#: The queue of ``etc/quickstart.ini``: a SQLite file in the current directory.
+#: The queue of ``etc/quickstart.ini``: a SQLite file in the current directory. The file
+#: states it too (it is an alligatord configuration); a test checks that the two agree.
 QUICKSTART_DSN = "sqlite:///alligator-quickstart.db"
 
 

@@ -49,11 +49,6 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(environ)
         self._failed = False
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a service manager listens."""
-        return self._socket is not None
-
     def notify(self, *lines: str) -> None:
         """
         Sends one datagram of ``KEY=VALUE`` lines; a failure is logged once, never raised.

@@ -3,6 +3,7 @@ Helpers for the alligatord tests: task functions the daemon's workers import, an
 ``Daemon`` that runs ``alligatord`` as a real process and looks at it from outside.
 """
 
+import gc
 import os
 import subprocess
 import sys
@@ -30,6 +31,18 @@ def lines(path) -> list[str]:
     return file.read_text().splitlines() if file.exists() else []
 
 
+def read(path) -> str:
+    file = Path(path)
+    return file.read_text() if file.exists() else ""
+
+
+def kill_if_alive(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
 def sleep_then_record(path, seconds):
     """Records ``start PID``, sleeps, records ``done PID``."""
     record(path, f"start {os.getpid()}")
@@ -50,10 +63,98 @@ def die_first(path, times):
         os._exit(3)
 
 
+def write_garbage_reports(path):
+    """Writes, to the pipe on which its worker reports to the master, lines that are not
+    reports (malformed, wrong types, not JSON, one over the length limit), then finishes."""
+    from supervisor.child import Reporter
+
+    [reporter] = [obj for obj in gc.get_objects() if isinstance(obj, Reporter)]
+    garbage = [
+        b'{"event":"running","task":"x"}\n',  # no "func", no "at"
+        b'{"event":"running","task":"x","func":"f","at":"soon"}\n',
+        b'{"event":"running","task":"x","func":"f","at":NaN}\n',
+        b'{"event":"idle","done":"many"}{\n',
+        b"\xff not json\n",
+        b"[1, 2]\n",
+        b"x" * (3 * 1024 * 1024),  # a line that never ends...
+        b"\n",  # ...until here
+        b"half a line, then the worker's own report",
+    ]
+    for chunk in garbage:
+        while chunk:
+            chunk = chunk[os.write(reporter.fd, chunk) :]
+    record(path, f"wrote {os.getpid()}")
+
+
+def stop_request_then_record(path, seconds):
+    """Records ``start PID``; once its worker has been asked to stop (a SIGTERM it handled),
+    records ``asked PID``, goes on for ``seconds``, then records ``done PID``."""
+    from alligator.workers import Worker
+
+    record(path, f"start {os.getpid()}")
+    [worker] = [obj for obj in gc.get_objects() if isinstance(obj, Worker)]
+    while worker.keep_running:
+        time.sleep(0.01)
+    record(path, f"asked {os.getpid()}")
+    time.sleep(seconds)
+    record(path, f"done {os.getpid()}")
+
+
 def hold_memory(path, megabytes):
     """Keeps ``megabytes`` of memory in the worker, touched so they count in its RSS."""
     _held.append(bytearray(b"x" * (megabytes * 2**20)))
     record(path, os.getpid())
+
+
+# Orphans, one protection at a time.
+
+
+def orphan_parent(mode: str, dsn: str, log_file: str) -> None:
+    """
+    Acts as a master: forks one worker, prints its pid, and waits to be killed.
+
+    ``pdeathsig``: the worker is prepared as alligatord prepares its workers (which arms
+    the parent-death signal) and then only sleeps, watching nothing. ``parent-watch``: the
+    worker runs alligatord's worker loop, parent-pid watch included, with no parent-death
+    signal armed (a fork does not inherit one).
+    """
+    from alligator.gator import new_consumer_id
+    from supervisor import child, logs
+    from supervisor.config import WorkerSettings
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        logs.configure("info", log_file)
+        status = 0
+        try:
+            if mode == "pdeathsig":
+                if child.prepare_process(os.getppid(), [], ()):
+                    record(log_file, "Prepared.")
+                    time.sleep(60)
+            else:
+                settings = WorkerSettings("a", dsn)
+                status = child.run(settings, new_consumer_id(), write_end, os.getppid(), 5.0)
+        finally:
+            logs.flush()
+            os._exit(status)
+    os.close(write_end)
+    print(pid, flush=True)
+    time.sleep(60)
+
+
+def start_orphan_parent(mode: str, dsn: str, log_file: Path) -> tuple[subprocess.Popen, int]:
+    """Runs ``orphan_parent`` in a process of its own; returns it and its worker's pid."""
+    code = "import sys; from tests.alligatord_support import orphan_parent; "
+    code += "orphan_parent(*sys.argv[1:])"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, mode, dsn, str(log_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return parent, int(parent.stdout.readline())
 
 
 # The daemon.
@@ -96,10 +197,12 @@ class Daemon:
         env: dict | None = None,
         cwd: Path = ROOT,
         log_path: Path | None = None,
+        preexec_fn=None,
     ) -> None:
         self.config = config
         self.args = args
         self.cwd = cwd
+        self.preexec_fn = preexec_fn
         self.env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES}
         self.env.update(env or {})
         self.log_path = log_path or config.with_suffix(".log")
@@ -115,6 +218,7 @@ class Daemon:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=self.preexec_fn,
             )
         return self
 
@@ -202,6 +306,28 @@ class Daemons:
 
 def sqlite_dsn(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'queue.db'}"
+
+
+def redis_dsn(server, **options) -> str:
+    """A DSN on a test redis-server, with a key prefix no other test uses."""
+    query = "".join(f"&{key}={value}" for key, value in options.items())
+    return f"redis://{server.host}:{server.port}/0?prefix=t{os.urandom(6).hex()}{query}"
+
+
+def backend_dsn(request, tmp_path: Path) -> str:
+    """A DSN for the backend ``request.param`` names: ``sqlite`` or ``redis``."""
+    if request.param == "sqlite":
+        return sqlite_dsn(tmp_path)
+    return redis_dsn(request.getfixturevalue("redis"))
+
+
+def log_order(log: str, *needles: str) -> list[int]:
+    """Where each text first appears in a log (fails the test if one is missing)."""
+    positions = []
+    for needle in needles:
+        assert needle in log, needle
+        positions.append(log.index(needle))
+    return positions
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -82,7 +82,20 @@ timeout = 300
         ("[alligatord]\ndsn = {dsn}\n[queue:a]\nworkers = four\n", "[queue:a]", "workers", "four"),
         ("[alligatord]\ndsn = {dsn}\n[queue:a]\nworkers =\n", "[queue:a]", "workers", "empty"),
         ("[alligatord]\ndsn = {dsn}\n[queue:a]\nmax_tasks = 1e3\n", "[queue:a]", "max_tasks", ""),
+        ("[alligatord]\ndsn = {dsn}\n[queue:a]\nworkers = 5000\n", "[queue:a]", "workers", "1000"),
         ("[alligatord]\ndsn = {dsn}\n[queue:a]\nmax_memory = 2T\n", "[queue:a]", "max_memory", ""),
+        (
+            "[alligatord]\ndsn = {dsn}\n[queue:a]\nmax_memory = 268435456\n",
+            "[queue:a]",
+            "max_memory",
+            "K, M or G",
+        ),
+        (
+            "[alligatord]\ndsn = {dsn}\n[queue:a]\nmax_memory = 512K\n",
+            "[queue:a]",
+            "max_memory",
+            "at least 1M",
+        ),
         ("[alligatord]\ndsn = {dsn}\n[queue:a]\ntimeout = soon\n", "[queue:a]", "timeout", ""),
         (
             "[alligatord]\ndsn = {dsn}\ngraceful_timeout = -3\n[queue:a]\n",
@@ -122,6 +135,12 @@ timeout = 300
         ("[DEFAULT]\nworkers = 2\n[alligatord]\ndsn = {dsn}\n[queue:a]\n", "[DEFAULT]", None, ""),
         ("workers = 2\n[alligatord]\n", None, None, "line 1"),
         ("[alligatord]\ndsn = {dsn}\n[queue:a]\n[queue:a]\n", None, None, "appears twice"),
+        (
+            "[alligatord]\ndsn = {dsn}\n[queue:a]\n[queue: a]\n",
+            "[queue: a]",
+            None,
+            "names the queue 'a' again, after [queue:a]",
+        ),
     ],
 )
 def test_every_mistake_is_one_sentence_naming_file_section_and_key(
@@ -157,13 +176,36 @@ def test_a_dsn_its_backend_refuses(tmp_path):
         check_dsns(load(str(path)))
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "redis://[::1/0",  # an unclosed IPv6 bracket
+        "beanstalk://[::1/",
+        "sqlite:///queue.db?lease=nan",
+        "redis://127.0.0.1:6379/0?lease=inf",
+    ],
+)
+def test_a_dsn_that_makes_its_backend_raise_is_one_sentence(tmp_path, dsn):
+    path = write(tmp_path, f"[alligatord]\ndsn = {dsn_for(tmp_path)}\n[queue:a]\ndsn = {dsn}\n")
+    with pytest.raises(ConfigError) as error:
+        check_dsns(load(str(path)))
+    message = str(error.value)
+    assert message.startswith(f"{path}, section [queue:a], key dsn: ")
+    assert "\n" not in message and message.endswith(".")
+
+    # At start: that sentence alone, and the status of a refused start.
+    result = run_cli("-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"alligatord: {message}"]
+
+
 def test_sizes():
-    assert parse_size("512") == 512
     assert parse_size("64k") == 64 * 1024
     assert parse_size("1.5G") == int(1.5 * 2**30)
     assert parse_size("256MiB") == 256 * 2**20
-    with pytest.raises(ValueError):
-        parse_size("lots")
+    for text in ("lots", "512", "2T"):
+        with pytest.raises(ValueError):
+            parse_size(text)
 
 
 def test_backoff_doubles_up_to_a_minute():
@@ -190,21 +232,54 @@ def test_pidfile_is_written_and_removed(tmp_path):
     assert not path.exists()
 
 
-def test_pidfile_of_a_live_process_is_refused(tmp_path):
+def test_a_pidfile_locked_by_a_running_daemon_is_refused(tmp_path):
     path = tmp_path / "alligatord.pid"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from supervisor.pidfile import Pidfile; "
+            "Pidfile(sys.argv[1]).create(); print('held', flush=True); time.sleep(30)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        path.write_text(f"{other.pid}\n")
-        with pytest.raises(PidfileError, match=f"names process {other.pid}, which is running"):
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(PidfileError, match=f"held by process {holder.pid}, which is running"):
             Pidfile(str(path)).create()
-        assert read_pid(str(path)) == other.pid
+        assert read_pid(str(path)) == holder.pid
     finally:
-        other.kill()
-        other.wait()
+        holder.kill()
+        holder.wait()
+    # Its holder is gone, and with it the lock: the file is stale now.
+    pidfile = Pidfile(str(path))
+    pidfile.create()
+    assert read_pid(str(path)) == os.getpid()
+    pidfile.remove()
 
 
-@pytest.mark.parametrize("content", ["{dead}\n", "garbage\n", "", "{own}\n"])
+def test_two_daemons_cannot_both_take_a_stale_pidfile(tmp_path):
+    # Each Pidfile opens the file on its own, as two daemons would: the lock of the one
+    # that came first keeps the other out, although the stale file names no live process
+    # (here: this very process, which a stale file in a container often does).
+    path = tmp_path / "alligatord.pid"
+    path.write_text(f"{os.getpid()}\n")
+    first = Pidfile(str(path))
+    first.create()
+    with pytest.raises(PidfileError, match="which is running"):
+        Pidfile(str(path)).create()
+    assert read_pid(str(path)) == os.getpid()
+    first.remove()
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", ["{dead}\n", "garbage\n", "", "{own}\n", "1\n"])
 def test_a_stale_pidfile_is_replaced(tmp_path, content):
+    # A file nobody holds the lock of is stale, whatever pid it names: pid 1 is alive,
+    # but it is no alligatord.
     dead = subprocess.Popen(["true"])
     dead.wait()
     path = tmp_path / "alligatord.pid"
@@ -261,10 +336,17 @@ def test_check_imports_the_preload_modules(tmp_path):
     path = write(tmp_path, text.format("good_tasks"))
     assert run_cli("-c", str(path), "--check").returncode == 0
     path = write(tmp_path, text.format("good_tasks broken_tasks"))
+    sentence = (
+        f"alligatord: {path}, section [alligatord], key preload: cannot import broken_tasks "
+        "(RuntimeError: no config)."
+    )
     result = run_cli("-c", str(path), "--check")
     assert result.returncode == 1
-    assert "key preload: cannot import broken_tasks (RuntimeError: no config)" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [sentence]
+    # Starting the daemon: refused with the same sentence, before anything is forked.
+    result = run_cli("-c", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [sentence]
 
 
 def test_version_and_usage(tmp_path):

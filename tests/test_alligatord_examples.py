@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from supervisor.config import MAIN_KEYS, QUEUE_KEYS, load
+from supervisor.quickstart import QUICKSTART_DSN
 
 from .alligatord_support import ROOT, Daemons
 from .servers import wait_for
@@ -84,6 +85,13 @@ def test_the_systemd_unit():
     assert service["ExecStart"].endswith("alligatord -c /etc/alligator/alligator.ini")
     graceful = load_example_graceful_timeout()
     assert int(service["TimeoutStopSec"]) > graceful
+    # The example pidfile lives in the directory the unit has systemd create.
+    [pidfile] = re.findall(r"^; pidfile = (\S+)$", (ETC / "alligator.ini").read_text(), re.M)
+    assert pidfile.startswith(f"/run/{service['RuntimeDirectory']}/")
+
+
+def test_the_quickstart_module_and_file_name_the_same_queue():
+    assert load(str(ETC / "quickstart.ini")).dsn == QUICKSTART_DSN
 
 
 def load_example_graceful_timeout() -> float:

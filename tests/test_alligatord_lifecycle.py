@@ -1,6 +1,7 @@
 """alligatord as a real process: start, crashes, stops, orphans and the pidfile."""
 
 import os
+import resource
 import signal
 import time
 import uuid
@@ -13,7 +14,7 @@ from alligator.gator import Gator
 
 from . import alligatord_support as support
 from .alligatord_support import Daemons, is_gone, lines, sqlite_dsn, write_config
-from .servers import wait_for
+from .servers import ServerProcess, free_port, wait_for
 
 
 @pytest.fixture
@@ -73,7 +74,10 @@ def test_a_sigkilled_worker_is_replaced_and_its_task_runs_again(daemons, backend
     [first] = daemon.wait_workers({a: 1})[a]
     record = tmp_path / "runs.txt"
     gator = Gator(dsn, queue_name=a)
-    gator.task(support.sleep_then_record, str(record), 1.0)
+    # The killed run counts as a failed attempt (beanstalkd aside): one retry lets it run
+    # again.
+    with gator.options(retries=1) as opts:
+        opts.task(support.sleep_then_record, str(record), 1.0)
     wait_for(lambda: lines(record) == [f"start {first}"], message="the task to start")
 
     os.kill(first, signal.SIGKILL)
@@ -87,10 +91,70 @@ def test_a_sigkilled_worker_is_replaced_and_its_task_runs_again(daemons, backend
     assert lines(record)[1] == f"start {second}"
     wait_for(lambda: f"done {second}" in lines(record), message="the second run to finish")
     assert gator.len() == 0
-    assert f"(pid {first}): RUNNING -> EXITED: killed by SIGKILL unexpectedly" in daemon.log()
-    if backend.name != "beanstalk":
-        assert "Requeued 1 task(s) of dead worker pid" in daemon.log()
+    assert gator.dead_letters() == []
+    log = daemon.log()
+    assert f"(pid {first}): RUNNING -> EXITED: killed by SIGKILL unexpectedly" in log
+    died = f"Its worker (pid {first}) died while running it: killed by SIGKILL."
+    if backend.name == "beanstalk":
+        assert f"{died} It returns to its queue as it was" in log
+    else:
+        assert f"{died} The run counts as a failed attempt; it will be retried." in log
 
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_a_task_that_kills_its_worker_is_retried_then_dead_lettered(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 2}}, graceful_timeout=5)
+    daemon = daemons(config)
+    daemon.wait_workers({"a": 2})
+    wait_for(lambda: daemon.log().count("STARTING -> RUNNING") == 2, message="workers up")
+    gator = Gator(dsn, queue_name="a")
+    deaths, record = tmp_path / "deaths.txt", tmp_path / "ran.txt"
+    with gator.options(retries=1) as opts:
+        poison = opts.task(support.die, str(deaths))
+    for n in range(3):
+        gator.task(support.record, str(record), n)
+
+    dead = wait_for(gator.dead_letters, timeout=10, message="the poison task to be buried")
+    assert [letter.task_id for letter in dead] == [poison.task_id]
+    assert "died while running it: exited with status 3" in dead[0].error
+    assert len(lines(deaths)) == 2  # the run, and its one retry
+    wait_for(lambda: sorted(lines(record)) == ["0", "1", "2"], message="the other tasks")
+    daemon.wait_workers({"a": 2})
+    assert len(lines(deaths)) == 2 and gator.len() == 0
+    log = daemon.log()
+    assert "The run counts as a failed attempt; it will be retried." in log
+    assert "It had no retries left; moved to the dead letters." in log
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_garbage_on_the_report_pipe_never_stops_the_master(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    queues = {"a": {"workers": 1, "timeout": 1.5}}  # with a timeout, "at" is read
+    config = write_config(tmp_path / "a.ini", dsn, queues, graceful_timeout=5)
+    daemon = daemons(config)
+    [worker] = daemon.wait_workers({"a": 1})["a"]
+    record = tmp_path / "ran.txt"
+    gator = Gator(dsn, queue_name="a")
+    gator.task(support.write_garbage_reports, str(record))
+    gator.task(support.record, str(record), "next")
+    wait_for(lambda: lines(record) == [f"wrote {worker}", "next"], message="both tasks")
+    daemon.wait_workers({"a": 1})
+    assert daemon.process.poll() is None
+    assert daemon.queue_workers("a") == [worker]  # the same worker did both
+    assert gator.len() == 0 and gator.dead_letters() == []
+    log = daemon.log()
+    assert log.count(f"(pid {worker}) wrote something that is not a report, ignored") == 3
+    assert "its further ones go unlogged" in log
+    # The master still follows the worker's reports: it sees a task overrun its timeout.
+    slow = gator.task(support.sleep_then_record, str(record), 30)
+    wait_for(gator.dead_letters, timeout=10, message="the slow task to be killed")
+    assert f"task {slow.task_id} (tests.alligatord_support.sleep_then_record) ran longer" in (
+        daemon.log()
+    )
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
@@ -100,8 +164,10 @@ def test_a_crash_loop_backs_off_without_spinning_and_resets(daemons, tmp_path):
     config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 1}}, graceful_timeout=2)
     gator = Gator(dsn, queue_name="a")
     deaths = tmp_path / "deaths.txt"
-    # A poison task: every worker that takes it dies at once, so each start fails.
-    gator.task(support.die_first, str(deaths), 2)
+    # A poison task: every worker that takes it dies at once, so each start fails (each
+    # death costs it a retry).
+    with gator.options(retries=2) as opts:
+        opts.task(support.die_first, str(deaths), 2)
     daemon = daemons(config)
     master = psutil.Process(daemon.pid)
     wait_for(lambda: len(lines(deaths)) == 1, message="the first death")
@@ -117,7 +183,8 @@ def test_a_crash_loop_backs_off_without_spinning_and_resets(daemons, tmp_path):
 
     # The third try ran the task; once that worker has been up a while, the count is reset.
     wait_for(lambda: "STARTING -> RUNNING" in daemon.log(), message="a worker to stay up")
-    gator.task(support.die_first, str(tmp_path / "again.txt"), 2)
+    with gator.options(retries=2) as opts:
+        opts.task(support.die_first, str(tmp_path / "again.txt"), 2)
     wait_for(lambda: len(lines(tmp_path / "again.txt")) == 3, timeout=10, message="a recovery")
     log = daemon.log()
     assert log.count("(failed start #1)") == 2 and "failed start #3" not in log
@@ -183,13 +250,37 @@ def test_control_c_in_a_terminal_reaches_the_master_alone(daemons, tmp_path):
     Gator(dsn, queue_name="a").task(support.sleep_then_record, str(record), 1.5)
     wait_for(lambda: lines(record), message="the task to start")
     # A terminal sends SIGINT to its foreground process group; twice, for an impatient
-    # user. A worker that got them itself would stop at once at the second.
+    # user. Only the master gets them.
     os.killpg(daemon.pid, signal.SIGINT)
-    time.sleep(0.1)
+    wait_for(lambda: "SIGINT: stopping gracefully" in daemon.log(), message="the first SIGINT")
     os.killpg(daemon.pid, signal.SIGINT)
     assert daemon.wait_exit() == 0
     assert len(lines(record)) == 2 and lines(record)[1].startswith("done")
     assert "SIGINT: already stopping; SIGQUIT stops at once." in daemon.log()
+
+
+def test_every_sigterm_a_worker_gets_lets_its_task_finish(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 1}}, graceful_timeout=10)
+    daemon = daemons(config)
+    [worker] = daemon.wait_workers({"a": 1})["a"]
+    record = tmp_path / "runs.txt"
+    gator = Gator(dsn, queue_name="a")
+    gator.task(support.stop_request_then_record, str(record), 0.5)
+    wait_for(lambda: lines(record), message="the task to start")
+    # As `systemctl kill` does, or a parent-death signal after the master's own SIGTERM:
+    # a second SIGTERM once the worker has taken the first.
+    os.kill(worker, signal.SIGTERM)
+    wait_for(lambda: f"asked {worker}" in lines(record), message="the first SIGTERM taken")
+    os.kill(worker, signal.SIGTERM)
+    wait_for(lambda: f"done {worker}" in lines(record), message="the task to finish")
+    # It left after its task; the master, which did not ask, replaces it.
+    [replacement] = daemon.wait_workers({"a": 1})["a"]
+    assert replacement != worker
+    assert f"(pid {worker}): RUNNING -> EXITED: exited with status 0 unexpectedly" in daemon.log()
+    assert gator.len() == 0 and gator.dead_letters() == []
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
 
 
 def test_no_worker_outlives_a_sigkilled_master(daemons, tmp_path):
@@ -209,6 +300,119 @@ def test_no_worker_outlives_a_sigkilled_master(daemons, tmp_path):
     assert len(lines(record)) == 1
 
 
+@pytest.mark.parametrize("mode", ["pdeathsig", "parent-watch"])
+def test_each_orphan_protection_works_alone(tmp_path, mode):
+    log_file = tmp_path / "worker.log"
+    parent, worker = support.start_orphan_parent(mode, sqlite_dsn(tmp_path), log_file)
+    try:
+        ready = "Prepared." if mode == "pdeathsig" else "Worker started"
+        wait_for(lambda: ready in support.read(log_file), message="the worker")
+        parent.kill()
+        parent.wait()
+        # Alone, each gets the worker out well before it would leave on its own (60 s).
+        wait_for(lambda: is_gone(worker), timeout=5, message="the orphan to exit")
+        if mode == "parent-watch":
+            assert f"The master (pid {parent.pid}) is gone" in support.read(log_file)
+    finally:
+        parent.kill()
+        parent.wait()
+        support.kill_if_alive(worker)
+
+
+def test_master_failure_kills_workers_and_requeues_their_tasks(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    (tmp_path / "app").mkdir()
+    imported = tmp_path / "imported.txt"
+    # Preloaded: it records where it was imported, and breaks the master's SIGUSR1
+    # handling, as a bug of the master's own would.
+    (tmp_path / "app" / "faulty.py").write_text(
+        "import os\n"
+        "from supervisor import logs\n"
+        f"with open({str(imported)!r}, 'a') as handle:\n"
+        "    handle.write(f'{os.getpid()}\\n')\n"
+        "def reopen():\n"
+        "    raise RuntimeError('a fault of the master')\n"
+        "logs.has_file = lambda: True\n"
+        "logs.reopen = reopen\n"
+    )
+    queues = {"a": {"workers": 2}}
+    config = write_config(
+        tmp_path / "a.ini", dsn, queues, graceful_timeout=30, preload="faulty", pythonpath="app"
+    )
+    daemon = daemons(config)
+    workers = daemon.wait_workers({"a": 2})["a"]
+    assert lines(imported) == [str(daemon.pid)]  # preloaded once, by the master
+    record = tmp_path / "runs.txt"
+    gator = Gator(dsn, queue_name="a")
+    gator.task(support.sleep_then_record, str(record), 60)
+    wait_for(lambda: lines(record), message="the task to start")
+
+    daemon.send(signal.SIGUSR1)
+    assert daemon.wait_exit() == 1
+    # The master did not leave its workers behind: it killed and reaped them...
+    assert all(is_gone(pid) for pid in workers)
+    # ...and put the task back as it was: no failed attempt counted for its kill.
+    assert gator.len() == 1 and gator.dead_letters() == []
+    log = daemon.log()
+    assert log.count(" CRITICAL ") == 1
+    assert (
+        "alligatord failed (RuntimeError: a fault of the master); killing its 2 worker(s) "
+        "and exiting." in log
+    )
+    assert "Requeued 1 task(s) of dead worker pid" in log
+
+
+def test_no_descriptor_for_a_worker_is_a_failed_start(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 5}}, graceful_timeout=5)
+
+    def few_descriptors():
+        # 0-2, the master's wakeup pipe and one report pipe per worker: room for 4 workers.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (10, 10))
+
+    daemon = daemons(config, preexec_fn=few_descriptors)
+    problem = "cannot create its report pipe: [Errno 24] Too many open files); next try in"
+    wait_for(lambda: daemon.log().count(problem) >= 2, timeout=10, message="two failed starts")
+    assert daemon.process.poll() is None
+    assert 1 <= len(daemon.workers()) <= 4
+    assert "STARTING -> BACKOFF: failed start #1" in daemon.log()
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_a_backend_down_during_a_reap_is_one_line_and_the_task_comes_back(daemons, tmp_path):
+    # A Redis of its own, stopped and started again, that keeps its data meanwhile.
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    server = ServerProcess("redis-server", [*args, "--appendonly", "yes"], port, tmp_path)
+    server.start()
+    try:
+        dsn = support.redis_dsn(server, lease=1)
+        config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 2}}, graceful_timeout=5)
+        daemon = daemons(config)
+        daemon.wait_workers({"a": 2})
+        record = tmp_path / "runs.txt"
+        Gator(dsn, queue_name="a").task(support.sleep_then_record, str(record), 60)
+        wait_for(lambda: lines(record), message="the task to start")
+        first = int(lines(record)[0].split()[1])
+
+        server.stop()
+        os.kill(first, signal.SIGKILL)
+        returns = "when its lease runs out."
+        wait_for(lambda: returns in daemon.log(), message="the master's word on it")
+        server.start()
+        # Its lease ran out: a live worker puts it back, and another worker runs it.
+        wait_for(lambda: len(lines(record)) == 2, timeout=15, message="the task to run again")
+        assert daemon.process.poll() is None
+        log = daemon.log()
+        assert log.count(returns) == 1
+        assert f"Cannot requeue the task of dead worker pid {first} on queue 'a'" in log
+        daemon.send(signal.SIGQUIT)
+        assert daemon.wait_exit() == 0
+    finally:
+        server.stop()
+
+
 def test_pidfile_rules(daemons, tmp_path):
     dsn = sqlite_dsn(tmp_path)
     pidfile = tmp_path / "alligatord.pid"
@@ -222,7 +426,7 @@ def test_pidfile_rules(daemons, tmp_path):
     # A second daemon on the same pidfile refuses to start, and leaves it alone.
     second = daemons(config)
     assert second.wait_exit() == 2
-    assert f"names process {first.pid}, which is running" in second.log()
+    assert f"is held by process {first.pid}, which is running" in second.log()
     assert pidfile.read_text() == f"{first.pid}\n"
     assert first.process.poll() is None
 
@@ -243,7 +447,7 @@ def test_pidfile_rules(daemons, tmp_path):
     fourth = daemons(config)
     fourth.wait_workers({"a": 1})
     assert pidfile.read_text() == f"{fourth.pid}\n"
-    assert "Replacing the stale pidfile" in fourth.log()
+    assert f"Replaced the stale pidfile {pidfile} (it named pid {first.pid})" in fourth.log()
     fourth.send(signal.SIGTERM)
     assert fourth.wait_exit() == 0
 

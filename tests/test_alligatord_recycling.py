@@ -53,14 +53,18 @@ def test_max_memory_recycles_the_worker_that_grew(daemons, tmp_path):
     wait_for(lambda: grown not in daemon.workers(), timeout=8, message="the recycling")
     after = daemon.wait_workers({"a": 2})["a"]
     assert other in after and grown not in after
-    assert f"(pid {grown}): RUNNING -> STOPPING: recycling: RSS" in daemon.log()
+    assert f"(pid {grown}): RUNNING -> STOPPING: recycling: its own memory (USS)" in daemon.log()
     assert "max_memory 120 MiB" in daemon.log()
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
 
-def test_timeout_kills_the_worker_and_counts_a_failed_attempt(daemons, tmp_path):
-    dsn = sqlite_dsn(tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def dsn(request, tmp_path):
+    return support.backend_dsn(request, tmp_path)
+
+
+def test_timeout_kills_the_worker_and_counts_a_failed_attempt(daemons, dsn, tmp_path):
     queues = {"a": {"workers": 1, "timeout": 1}}
     daemon = daemons(write_config(tmp_path / "a.ini", dsn, queues, graceful_timeout=5))
     daemon.wait_workers({"a": 1})
@@ -80,8 +84,9 @@ def test_timeout_kills_the_worker_and_counts_a_failed_attempt(daemons, tmp_path)
     assert gator.len() == 0
     log = daemon.log()
     assert log.count("ran longer than timeout=1s; killing the worker") == 2
-    assert "the killed run counts as a failed attempt; it will be retried" in log
-    assert "had no retries left; moved to the dead letters" in log
+    killed = "Killed by alligatord: the task ran longer than timeout=1s"
+    assert f"{killed} (worker pid {starts[0].split()[1]}). The run counts as a failed " in log
+    assert f"{killed} (worker pid {starts[1].split()[1]}). It had no retries left;" in log
     daemon.wait_workers({"a": 1})
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0

@@ -46,12 +46,25 @@ def test_scale_up_add_a_queue_scale_down_remove_it_and_survive_a_broken_file(dae
     assert lines(record) == [f"start {workers['b'][0]}", f"done {workers['b'][0]}"]
     assert "Queue 'b' removed: stopping its workers." in daemon.log()
 
-    # A broken file is refused; the running configuration stays in force.
-    config.write_text("[alligatord]\ndsn = sqlite:///queue.db\n[queue:a]\nworkers = many\n")
-    daemon.send(signal.SIGHUP)
-    wait_for(lambda: "Reload refused" in daemon.log(), message="the refusal")
-    assert "section [queue:a], key workers: expected a whole number >= 0" in daemon.log()
-    assert daemon.process.poll() is None
+    # A broken file is refused; the running configuration stays in force. So is a DSN
+    # that makes its backend raise, whatever it raises.
+    broken = {
+        "workers = many": "section [queue:a], key workers: expected a whole number >= 0",
+        "dsn = redis://[::1/0": "section [queue:a], key dsn: DSN 'redis://…' is malformed",
+        "dsn = beanstalk://[::1/": "section [queue:a], key dsn: beanstalk://… is refused",
+        f"dsn = {dsn}?lease=nan": "section [queue:a], key dsn: Option lease='nan'",
+    }
+    for refusals, (line, problem) in enumerate(broken.items(), 1):
+        config.write_text(f"[alligatord]\ndsn = {dsn}\n[queue:a]\n{line}\n")
+        daemon.send(signal.SIGHUP)
+        wait_for(
+            lambda n=refusals: daemon.log().count("Reload refused") == n, message="the refusal"
+        )
+        assert f"Reload refused, the running configuration stays: {config}, {problem}" in (
+            daemon.log()
+        )
+        assert daemon.process.poll() is None
+    assert "Traceback" not in daemon.log()
     record = tmp_path / "a.txt"
     Gator(dsn, queue_name="a").task(support.record, str(record), "still working")
     wait_for(lambda: lines(record) == ["still working"], message="a task after the refusal")
@@ -61,8 +74,12 @@ def test_scale_up_add_a_queue_scale_down_remove_it_and_survive_a_broken_file(dae
     assert daemon.wait_exit() == 0
 
 
-def test_changed_settings_replace_workers_new_ones_first(daemons, tmp_path):
-    dsn = sqlite_dsn(tmp_path)
+@pytest.fixture(params=["sqlite", "redis"])
+def dsn(request, tmp_path):
+    return support.backend_dsn(request, tmp_path)
+
+
+def test_changed_settings_replace_workers_new_ones_first(daemons, dsn, tmp_path):
     config = tmp_path / "a.ini"
     write_config(config, dsn, {"a": {"workers": 2}, "b": {"workers": 1}}, graceful_timeout=10)
     daemon = daemons(config)

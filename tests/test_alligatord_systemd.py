@@ -10,7 +10,7 @@ import pytest
 from alligator.gator import Gator
 
 from . import alligatord_support as support
-from .alligatord_support import Daemons, lines, sqlite_dsn, write_config
+from .alligatord_support import Daemons, lines, log_order, sqlite_dsn, write_config
 from .servers import wait_for
 
 
@@ -62,8 +62,9 @@ def test_sd_notify_ready_reloading_stopping_status_and_watchdog(daemons, tmp_pat
 
     ready_at, ready = notify.wait("READY")
     assert ready["READY"] == "1"
-    assert len(daemon.queue_workers("a")) == 2  # sent once every worker is up
     assert "a 2/2" in ready["STATUS"]
+    # Sent once every worker is up: each went STARTING -> RUNNING before.
+    assert_up_before_ready(daemon, daemon.queue_workers("a"), readies=1)
     for worker in daemon.queue_workers("a"):  # workers do not inherit systemd's variables
         assert "NOTIFY_SOCKET" not in psutil.Process(worker).environ()
 
@@ -78,11 +79,46 @@ def test_sd_notify_ready_reloading_stopping_status_and_watchdog(daemons, tmp_pat
     assert reloading["RELOADING"] == "1"
     assert before <= int(reloading["MONOTONIC_USEC"]) <= before + 5_000_000
     _, ready = notify.wait("READY", after=reloading_at + 1)
-    assert len(daemon.queue_workers("a")) == 3
     assert "a 3/3" in ready["STATUS"]
+    assert_up_before_ready(daemon, daemon.queue_workers("a"), readies=2)
 
     daemon.send(signal.SIGTERM)
     notify.wait("STOPPING")
+    assert daemon.wait_exit() == 0
+
+
+def assert_up_before_ready(daemon, workers, readies):
+    """Checks, in the master's log, that every worker went STARTING -> RUNNING before the
+    ``readies``-th READY=1 (each logged as "Ready: …" when sent)."""
+    log = wait_for(lambda: daemon.log().count("Ready: ") >= readies and daemon.log())
+    ready = -1
+    for _ in range(readies):
+        ready = log.index("Ready: ", ready + 1)
+    assert len(workers) >= 1
+    for pid in workers:
+        assert log.index(f"(pid {pid}): STARTING -> RUNNING") < ready
+
+
+def test_a_refused_reload_during_startup_does_not_send_ready_early(daemons, tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    dsn = sqlite_dsn(tmp_path)
+    config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 2}}, graceful_timeout=5)
+    daemon = daemons(config, env={"NOTIFY_SOCKET": notify.path})
+    # While the workers are still starting (a second each), a reload is refused.
+    wait_for(lambda: "forked" in daemon.log(), message="the first fork")
+    config.write_text("[alligatord]\n")
+    daemon.send(signal.SIGHUP)
+    ready_at, _ = notify.wait("READY")
+    log = wait_for(lambda: "Ready: " in daemon.log() and daemon.log())
+    refused, ready = log_order(log, "Reload refused", "Ready: ")
+    assert refused < ready and "STARTING -> RUNNING" not in log[:refused]
+    assert_up_before_ready(daemon, daemon.queue_workers("a"), readies=1)
+    # READY=1 came once, when the workers were up, not when the reload was refused.
+    kinds = [
+        key for message in notify.receive() for key in ("RELOADING", "READY") if key in message
+    ]
+    assert kinds == ["RELOADING", "READY"]
+    daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
 
@@ -127,5 +163,36 @@ def test_sigusr1_reopens_the_log_file_in_master_and_workers(daemons, tmp_path):
     worker_line = f"[{worker}] [a] DEBUG supervisor.child: Task"
     wait_for(lambda: worker_line in log_file.read_text(), message="the worker's line")
     assert worker_line not in rotated.read_text()
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_a_log_file_that_cannot_be_reopened_stays_in_use(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    (tmp_path / "logs").mkdir()
+    config = write_config(
+        tmp_path / "a.ini",
+        dsn,
+        {"a": {"workers": 1}},
+        graceful_timeout=5,
+        log_file="logs/alligatord.log",
+        log_level="debug",
+    )
+    daemon = daemons(config)
+    [worker] = daemon.wait_workers({"a": 1})["a"]
+    (tmp_path / "logs").rename(tmp_path / "old-logs")  # the directory is gone
+    old_log = tmp_path / "old-logs" / "alligatord.log"
+
+    daemon.send(signal.SIGUSR1)
+    cannot = "Cannot reopen the log file"
+    wait_for(lambda: f"[master] WARNING supervisor.logs: {cannot}" in old_log.read_text())
+    # The worker tries too, between tasks: run one.
+    record = tmp_path / "ran.txt"
+    Gator(dsn, queue_name="a").task(support.record, str(record), "ran")
+    wait_for(lambda: lines(record), message="the task to run")
+    wait_for(lambda: f"[{worker}] [a] WARNING supervisor.logs: {cannot}" in old_log.read_text())
+    wait_for(lambda: f"[{worker}] [a] DEBUG supervisor.child: Task" in old_log.read_text())
+    assert daemon.process.poll() is None
+    assert daemon.queue_workers("a") == [worker]  # alive, still logging to the old file
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
