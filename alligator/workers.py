@@ -41,6 +41,10 @@ class Worker:
         id when omitted (a supervisor passes its own, to requeue a dead worker's task)
     """
 
+    #: Whether a second SIGTERM/SIGINT stops ``run_forever`` at once. A supervisor that
+    #: escalates with SIGKILL itself sets it to ``False``: every signal is then graceful.
+    second_signal_stops_now = True
+
     def __init__(
         self,
         gator: Gator,
@@ -198,7 +202,7 @@ class Worker:
         previous = {signum: signal.getsignal(signum) for signum in signals}
 
         def handle(signum, frame):
-            if not self.keep_running:
+            if not self.keep_running and self.second_signal_stops_now:
                 raise _StopNow(signum)
             # Only a flag: the loop notices it between tasks.
             self.keep_running = False

@@ -23,7 +23,6 @@ import reprlib
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the parent pid.
 PARENT_CHECK_INTERVAL = 0.5
-#: The signals that ask a worker to stop after its task.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _reopen_logs = False
 
@@ -95,6 +92,11 @@ class SupervisedWorker(Worker):
         worker = SupervisedWorker(gator, settings, consumer_id, Reporter(fd))
         worker.run_forever()
     """
+
+    # A second SIGTERM is common here (systemctl kill reaches every process; the
+    # parent-death signal may follow the master's own SIGTERM) and must not cut a task
+    # short: the master escalates with SIGKILL after graceful_timeout.
+    second_signal_stops_now = False
 
     def __init__(
         self, gator: Gator, settings: WorkerSettings, consumer_id: str, reporter: Reporter
@@ -155,32 +157,10 @@ class SupervisedWorker(Worker):
         if self.reporter.broken:
             self.stop()
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        # Replaces the library Worker's handlers, whose second signal stops at once: under
-        # alligatord a second SIGTERM is common (systemctl kill reaches every process; the
-        # parent-death signal may follow the master's own SIGTERM) and must not cut a task
-        # short. The master escalates with SIGKILL after graceful_timeout.
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-
-        def ask_to_stop(signum, frame) -> None:
-            # Only a flag: the loop notices it between tasks.
-            self.keep_running = False
-
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, ask_to_stop)
-
-        def restore() -> None:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-        return restore
-
 
 def _with_outcome_if_worker_dies(report: Running, task: Task) -> Running:
-    """Adds what the master writes to the backend if this worker dies before the task
-    ends (crash, OOM kill, timeout): the lost run counts as a failed attempt."""
+    """Adds what the master writes to the backend if this worker's death must count as a
+    failed attempt of the task (a timeout kill, or the last death a task may cause)."""
     try:
         if task.retries > 0:
             attempt = copy.copy(task)

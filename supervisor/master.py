@@ -26,7 +26,7 @@ import os
 import select
 import signal
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 STARTUP_SECONDS = 1.0
 #: Pauses before the next try after failed starts: 1, 2, 4 … up to this.
 BACKOFF_MAX = 60.0
+#: A task whose runs killed this many workers goes to the dead letters instead of running
+#: again, so that one poison task cannot keep a queue's workers dying.
+WORKER_DEATHS_PER_TASK = 3
+#: How many tasks' worker deaths the master remembers (the most recent ones).
+REMEMBERED_TASK_DEATHS = 1000
 #: Seconds between two memory checks of workers whose queue sets ``max_memory``.
 MEMORY_CHECK_INTERVAL = 2.0
 #: The longest the loop sleeps without a reason to wake.
@@ -180,9 +185,11 @@ class _Requeue:
     consumer_id: str
     pid: int
     #: The report of the task the worker died running, when that run counts as a failed
-    #: attempt (a crash or a timeout, not a stop), and why it failed.
+    #: attempt (a timeout, or the last of a task's worker deaths), and why it failed.
     failed_report: Running | None = None
     failure: str = ""
+    #: The task killed too many workers: it goes to the dead letters, retries or not.
+    give_up: bool = False
 
 
 class Master:
@@ -217,6 +224,8 @@ class Master:
         self.private_fds = private_fds
         self.pools: dict[str, Pool] = {}
         self.by_pid: dict[int, Slot] = {}
+        # Task id -> workers that died running it, for the tasks seen most recently.
+        self.worker_deaths: OrderedDict[str, int] = OrderedDict()
         self.signals: deque[int] = deque()
         self.stopping = False
         self.ready_pending = True  # READY=1 is due once the workers are up
@@ -704,7 +713,7 @@ class Master:
         os.close(slot.pipe)
         how = describe_exit(status)
         requeue = _Requeue(slot.settings, slot.consumer_id, slot.pid)
-        requeue.failed_report, requeue.failure = self._failed_run(slot, how)
+        self._judge_failed_run(slot, how, requeue)
         lived = time.monotonic() - slot.started_at
         pool = self.pools.get(slot.settings.queue)
         slot.pipe, slot.task, slot.kill_at = None, None, None
@@ -731,21 +740,42 @@ class Master:
         slot.pid = None
         return requeue
 
-    @staticmethod
-    def _failed_run(slot: Slot, how: str) -> tuple[Running | None, str]:
-        """The task a dead worker was running, if its death counts as a failed attempt of
-        that task (a crash or a timeout, not a stop), and the error to store with it."""
+    def _judge_failed_run(self, slot: Slot, how: str, requeue: _Requeue) -> None:
+        """Decides whether a dead worker's task counts as a failed attempt: a timeout does; a
+        crash runs it again as it was (at-least-once), until it has killed
+        ``WORKER_DEATHS_PER_TASK`` workers, when it goes to the dead letters. A stop never
+        counts."""
         report = slot.task
         if report is None or slot.killed_to_stop:
-            return None, ""
+            return
         if slot.timed_out is not None:
-            if slot.timed_out != report.task_id:  # killed as the next task began
-                return None, ""
-            return report, (
-                f"Killed by alligatord: the task ran longer than "
-                f"timeout={slot.settings.timeout:g}s (worker pid {slot.pid})."
+            if slot.timed_out == report.task_id:  # not killed as the next task began
+                requeue.failed_report = report
+                requeue.failure = (
+                    f"Killed by alligatord: the task ran longer than "
+                    f"timeout={slot.settings.timeout:g}s (worker pid {slot.pid})."
+                )
+            return
+        deaths = self.worker_deaths.pop(report.task_id, 0) + 1
+        self.worker_deaths[report.task_id] = deaths
+        while len(self.worker_deaths) > REMEMBERED_TASK_DEATHS:
+            self.worker_deaths.popitem(last=False)
+        if deaths < WORKER_DEATHS_PER_TASK:
+            log.warning(
+                "Task %s (%s) on queue %r: its worker (pid %d) died while running it (%s); "
+                "it runs again as it was (worker death %d of %d before the dead letters).",
+                report.task_id,
+                report.func,
+                slot.settings.queue,
+                slot.pid,
+                how,
+                deaths,
+                WORKER_DEATHS_PER_TASK,
             )
-        return report, f"Its worker (pid {slot.pid}) died while running it: {how}."
+            return
+        del self.worker_deaths[report.task_id]
+        requeue.failed_report, requeue.give_up = report, True
+        requeue.failure = f"It killed {deaths} workers; the last one (pid {slot.pid}): {how}."
 
     def _read_reports(self, slot: Slot, to_end: bool = False) -> None:
         if slot.pipe is None:
@@ -849,6 +879,12 @@ class Master:
                 task,
                 requeue.failure,
             )
+        elif requeue.give_up:
+            data = report.bury_data or report.retry_data
+            client.add_dead_letter(
+                queue, report.task_id, data, requeue.failure, requeue.consumer_id
+            )
+            log.error("%s: %s Moved to the dead letters.", task, requeue.failure)
         elif report.retry_data is not None:
             client.retry(queue, report.task_id, requeue.consumer_id, report.retry_data)
             log.warning(

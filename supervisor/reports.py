@@ -5,9 +5,9 @@ Each report is one JSON object on a line of its own:
 
 - ``{"event": "running", "task": ID, "func": PATH, "at": MONOTONIC}`` just before a task
   runs, with ``"last": true`` when the worker leaves after it (``max_tasks``), and with
-  what the master writes to the backend if the worker dies before the task ends (the run
-  then counts as a failed attempt): ``"retry_data"``, the payload with one retry fewer,
-  or ``"bury_data"``, the payload for the dead-letter store when no retry is left.
+  what the master writes to the backend if that run must count as a failed attempt (a
+  ``timeout`` kill, or the last death a task may cause): ``"retry_data"``, the payload with
+  one retry fewer, or ``"bury_data"``, the payload for the dead letters when none is left.
 - ``{"event": "idle"}`` after a task.
 
 A worker writes a newline before each report as well as after it, so that stray bytes on

@@ -74,10 +74,7 @@ def test_a_sigkilled_worker_is_replaced_and_its_task_runs_again(daemons, backend
     [first] = daemon.wait_workers({a: 1})[a]
     record = tmp_path / "runs.txt"
     gator = Gator(dsn, queue_name=a)
-    # The killed run counts as a failed attempt (beanstalkd aside): one retry lets it run
-    # again.
-    with gator.options(retries=1) as opts:
-        opts.task(support.sleep_then_record, str(record), 1.0)
+    gator.task(support.sleep_then_record, str(record), 1.0)
     wait_for(lambda: lines(record) == [f"start {first}"], message="the task to start")
 
     os.kill(first, signal.SIGKILL)
@@ -94,17 +91,15 @@ def test_a_sigkilled_worker_is_replaced_and_its_task_runs_again(daemons, backend
     assert gator.dead_letters() == []
     log = daemon.log()
     assert f"(pid {first}): RUNNING -> EXITED: killed by SIGKILL unexpectedly" in log
-    died = f"Its worker (pid {first}) died while running it: killed by SIGKILL."
-    if backend.name == "beanstalk":
-        assert f"{died} It returns to its queue as it was" in log
-    else:
-        assert f"{died} The run counts as a failed attempt; it will be retried." in log
+    assert (
+        f"its worker (pid {first}) died while running it (killed by SIGKILL); it runs again" in log
+    )
 
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
 
-def test_a_task_that_kills_its_worker_is_retried_then_dead_lettered(daemons, tmp_path):
+def test_a_task_that_keeps_killing_its_worker_goes_to_the_dead_letters(daemons, tmp_path):
     dsn = sqlite_dsn(tmp_path)
     config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 2}}, graceful_timeout=5)
     daemon = daemons(config)
@@ -112,21 +107,24 @@ def test_a_task_that_kills_its_worker_is_retried_then_dead_lettered(daemons, tmp
     wait_for(lambda: daemon.log().count("STARTING -> RUNNING") == 2, message="workers up")
     gator = Gator(dsn, queue_name="a")
     deaths, record = tmp_path / "deaths.txt", tmp_path / "ran.txt"
-    with gator.options(retries=1) as opts:
+    # Retries are for failures the task reports; dying with its worker is not one of them.
+    with gator.options(retries=5) as opts:
         poison = opts.task(support.die, str(deaths))
     for n in range(3):
         gator.task(support.record, str(record), n)
 
-    dead = wait_for(gator.dead_letters, timeout=10, message="the poison task to be buried")
+    dead = wait_for(gator.dead_letters, timeout=15, message="the poison task to be buried")
     assert [letter.task_id for letter in dead] == [poison.task_id]
-    assert "died while running it: exited with status 3" in dead[0].error
-    assert len(lines(deaths)) == 2  # the run, and its one retry
+    assert "It killed 3 workers; the last one" in dead[0].error
+    assert "exited with status 3" in dead[0].error
+    assert len(lines(deaths)) == 3
     wait_for(lambda: sorted(lines(record)) == ["0", "1", "2"], message="the other tasks")
     daemon.wait_workers({"a": 2})
-    assert len(lines(deaths)) == 2 and gator.len() == 0
+    assert len(lines(deaths)) == 3 and gator.len() == 0
     log = daemon.log()
-    assert "The run counts as a failed attempt; it will be retried." in log
-    assert "It had no retries left; moved to the dead letters." in log
+    assert "(worker death 1 of 3 before the dead letters)" in log
+    assert "(worker death 2 of 3 before the dead letters)" in log
+    assert "Moved to the dead letters." in log
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 

@@ -125,7 +125,7 @@ def test_lease_is_the_touch_cadence_and_never_longer_than_the_ttr(dsn):
         ("beanstalk://127.0.0.1:11300/?ttr=0", "ttr"),
         ("beanstalk://127.0.0.1:11300/?ttl=5", "ttl"),
         ("beanstalk://127.0.0.1:11300/emails", "has a path"),
-        ("beanstalk://127.0.0.1:99999/", "invalid port"),
+        ("beanstalk://127.0.0.1:99999/", "malformed"),
     ],
 )
 def test_bad_dsn_is_refused_in_one_sentence(bad, message):

@@ -53,6 +53,8 @@ def test_unknown_scheme_lists_the_supported_ones():
         ("locmem://?lease=inf", "lease"),
         ("locmem://?lease=-1", "lease"),
         ("redis://[::1/0", "malformed"),
+        ("beanstalk://[::1/", "malformed"),
+        ("beanstalk://localhost:port/", "malformed"),
         ("sqlite:///q.db?lease=nan", "lease"),
         ("redis://localhost/0?lease=inf", "lease"),
     ],

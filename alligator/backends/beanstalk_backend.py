@@ -131,11 +131,11 @@ class Client(BaseClient):
 
     def __init__(self, conn_string: str) -> None:
         super().__init__(conn_string)
-        parts = urlsplit(conn_string)
         try:
+            parts = urlsplit(conn_string)
             port = parts.port or DEFAULT_PORT
         except ValueError as exc:
-            raise InvalidDSNError(f"DSN {conn_string!r} has an invalid port: {exc}.") from exc
+            raise InvalidDSNError(f"DSN {conn_string!r} is malformed: {exc}.") from exc
         if parts.path not in ("", "/"):
             raise InvalidDSNError(
                 f"DSN {conn_string!r} has a path, but beanstalkd has no databases: use "
