@@ -51,7 +51,7 @@ def test_scale_up_add_a_queue_scale_down_remove_it_and_survive_a_broken_file(dae
     broken = {
         "workers = many": "section [queue:a], key workers: expected a whole number >= 0",
         "dsn = redis://[::1/0": "section [queue:a], key dsn: DSN 'redis://…' is malformed",
-        "dsn = beanstalk://[::1/": "section [queue:a], key dsn: beanstalk://… is refused",
+        "dsn = beanstalk://[::1/": "section [queue:a], key dsn: DSN 'beanstalk://…' is malformed",
         f"dsn = {dsn}?lease=nan": "section [queue:a], key dsn: Option lease='nan'",
     }
     for refusals, (line, problem) in enumerate(broken.items(), 1):

@@ -52,7 +52,7 @@ import greenstalk
 
 from ..exceptions import BackendError, InvalidDSNError, InvalidQueueError
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options
+from . import DeadLetter, Reserved, dsn_options, redact_dsn
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Client(BaseClient):
             parts = urlsplit(conn_string)
             port = parts.port or DEFAULT_PORT
         except ValueError as exc:
-            raise InvalidDSNError(f"DSN {conn_string!r} is malformed: {exc}.") from exc
+            raise InvalidDSNError(f"DSN {redact_dsn(conn_string)!r} is malformed: {exc}.") from exc
         if parts.path not in ("", "/"):
             raise InvalidDSNError(
                 f"DSN {conn_string!r} has a path, but beanstalkd has no databases: use "
