@@ -112,19 +112,29 @@ local function hold(consumers, lease, consumer, lease_ms)
 end
 """
 
+# Stores a payload and puts its id in the queue, or holds it until it is due.
+_ENQUEUE = (
+    _NOW
+    + """
+local function enqueue(ready, delayed, data, id, payload, due)
+  redis.call('HSET', data, id, payload)
+  if due ~= '' and tonumber(due) > now() then
+    redis.call('ZADD', delayed, due, id)
+  else
+    redis.call('RPUSH', ready, id)
+  end
+end
+"""
+)
+
 # KEYS: ready, delayed, data, dead. ARGV: id, payload, due ('' for none).
 # Returns 1, or 0 when the id is waiting or in flight (its payload is stored), -1 when dead.
 _PUSH = (
-    _NOW
+    _ENQUEUE
     + """
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return -1 end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-if ARGV[3] ~= '' and tonumber(ARGV[3]) > now() then
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-else
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-end
+enqueue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )
@@ -179,16 +189,11 @@ return 0
 
 # KEYS: inflight, data, ready, delayed. ARGV: id, payload, due ('' for none).
 _RETRY = (
-    _NOW
+    _ENQUEUE
     + """
 -- Not held by this consumer (its lease ran out and the task went back): leave it be.
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if ARGV[3] ~= '' and tonumber(ARGV[3]) > now() then
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-else
-  redis.call('RPUSH', KEYS[3], ARGV[1])
-end
+enqueue(KEYS[3], KEYS[4], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )
