@@ -66,7 +66,9 @@ class Worker:
         self.nap_time = nap_time
         self.consumer_id = consumer_id or new_consumer_id()
         self.tasks_complete = 0
-        self.keep_running = False
+        # Cleared by stop() or a signal; never set again, so a stop asked for before
+        # run_forever started (e.g. from another thread) is not lost.
+        self.keep_running = True
         self._outage = False
         # Stores the outcome of a task that ran while the backend was unreachable.
         self._unsettled: Callable[[], None] | None = None
@@ -118,7 +120,6 @@ class Worker:
         finishes); a second signal stops it at once (``SystemExit``), leaving that task to
         be requeued.
         """
-        self.keep_running = True
         self.starting()
         restore_signals = self._install_signal_handlers()
         try:
@@ -151,6 +152,13 @@ class Worker:
                 continue
             self._nap(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+        if self._unsettled is not None:  # one last try: a stored outcome is not run again
+            try:
+                self._unsettled()
+            except BackendError as exc:
+                log.warning(
+                    "Leaving with a task's outcome unstored (%s); that task will run again.", exc
+                )
 
     def _backend_down(self, exc: BackendError, backoff: float) -> None:
         # One line an outage; the retries that follow are only worth a debug line.

@@ -257,3 +257,20 @@ def test_a_retried_task_prints_no_result(gator, capsys):
         opts.task(tasks.fail)
     Worker(gator, max_tasks=1).run_forever()
     assert capsys.readouterr().out.splitlines()[1].endswith("shutting down. Consumed 1 tasks.")
+
+
+def test_a_stop_asked_before_run_forever_is_kept(gator):
+    gator.task(tasks.add, 1, 1)
+    worker = Worker(gator)
+    worker.stop()
+    worker.run_forever()
+    assert worker.tasks_complete == 0 and gator.len() == 1
+
+
+def test_a_worker_leaving_stores_its_last_outcome_first():
+    gator = flaky_gator(ack_outages=1)
+    gator.task(tasks.add, 1, 1)
+    worker = Worker(gator, max_tasks=1)
+    worker.run_forever()
+    assert FlakyBackend.outages["ack"] == 0
+    assert gator.backend.requeue_inflight(gator.queue_name, worker.consumer_id) == 0
