@@ -223,6 +223,33 @@ def test_dead_letters(client, queue_name):
     assert client.list_dead_letters(queue_name) == []
 
 
+# Bytes that are not UTF-8, as every backend hands them out: surrogate escapes.
+UNDECODABLE = b'\xff\xfe{"callable": "\x80"}'.decode("utf-8", "surrogateescape")
+
+
+def test_a_payload_of_bytes_that_are_not_utf8_round_trips(client, queue_name):
+    task_id = client.push(queue_name, "t", UNDECODABLE)
+    reserved = client.reserve(queue_name, CONSUMER, timeout=2)
+    assert (reserved.task_id, reserved.data) == (task_id, UNDECODABLE)
+    task_id = client.retry(queue_name, task_id, CONSUMER, UNDECODABLE)
+    reserved = client.reserve(queue_name, CONSUMER, timeout=2)
+    assert (reserved.task_id, reserved.data) == (task_id, UNDECODABLE)
+    client.add_dead_letter(queue_name, task_id, reserved.data, "undecodable", CONSUMER)
+    assert [d.data for d in client.list_dead_letters(queue_name)] == [UNDECODABLE]
+    assert client.requeue_dead_letters(queue_name) == 1
+    assert client.reserve(queue_name, CONSUMER, timeout=2).data == UNDECODABLE
+
+
+def test_an_error_text_keeps_what_it_can(client, queue_name):
+    # A surrogate escape stands for a byte and is kept; a lone surrogate that stands for
+    # none (e.g. from a JSON "\\ud800" in a task's arguments) is stored as an escape.
+    task_id = client.push(queue_name, "t", "data")
+    client.reserve(queue_name, CONSUMER)
+    client.add_dead_letter(queue_name, task_id, "data", "bad \ud800 and \udcff", CONSUMER)
+    (dead,) = client.list_dead_letters(queue_name)
+    assert dead.error == "bad \\ud800 and \udcff"
+
+
 def test_unknown_option_in_dsn_is_refused(backend_dsn):
     from alligator.exceptions import InvalidDSNError
 

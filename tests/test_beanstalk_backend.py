@@ -11,6 +11,7 @@ import time
 import greenstalk
 import pytest
 
+from alligator.backends import Reserved
 from alligator.backends.beanstalk_backend import Client
 from alligator.exceptions import BackendError, InvalidDSNError, InvalidQueueError
 from alligator.gator import Gator
@@ -131,6 +132,16 @@ def test_lease_is_the_touch_cadence_and_never_longer_than_the_ttr(dsn):
 def test_bad_dsn_is_refused_in_one_sentence(bad, message):
     with pytest.raises(InvalidDSNError, match=message):
         Client(bad)
+
+
+def test_messages_and_the_address_keep_the_password_out():
+    with pytest.raises(InvalidDSNError, match="has a path") as caught:
+        Client("beanstalk://app:secret@127.0.0.1:11300/emails")
+    assert "secret" not in str(caught.value)
+    # An unescaped "#" in the password: the parser would take its head for the port.
+    with pytest.raises(InvalidDSNError, match="write them as %2F, %3F and %23") as caught:
+        Client("beanstalk://app:4711#x@127.0.0.1/")
+    assert "4711" not in str(caught.value)
 
 
 # Every call that takes a queue name, with the other arguments it needs.
@@ -536,6 +547,35 @@ def test_a_record_left_unburied_by_a_crash_is_still_listed(client, queue_name, b
         assert raw.stats_job(record_id)["state"] == "buried"
 
 
+def test_a_job_body_that_is_not_utf8_round_trips(client, queue_name, raw):
+    # Put by another program; a dead letter must keep exactly these bytes.
+    body = b'\xff\xfe{"callable": "\x80"}'
+    data = body.decode("utf-8", "surrogateescape")
+    raw.use(queue_name)
+    job_id = str(raw.put(body))
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert reserved == Reserved(job_id, data)
+    client.add_dead_letter(queue_name, job_id, data, "undecodable \udcff \ud800", CONSUMER)
+    raw.use(queue_name + ".dead")
+    assert raw.peek_buried().body.split(b"\n", 1)[1] == body
+    (dead,) = client.list_dead_letters(queue_name)
+    assert (dead.task_id, dead.data, dead.error) == (job_id, data, "undecodable \udcff \\ud800")
+
+    assert client.requeue_dead_letters(queue_name) == 1
+    again = client.reserve(queue_name, CONSUMER)
+    assert again.data == data
+    assert raw.peek(int(again.task_id)).body == body
+    retried = client.retry(queue_name, again.task_id, CONSUMER, again.data)
+    assert raw.peek(int(retried)).body == body
+    assert client.get(queue_name, retried, CONSUMER) == Reserved(retried, data)
+    client.ack(queue_name, retried, CONSUMER)
+
+    pushed = client.push(queue_name, "t", data)
+    assert raw.peek(int(pushed)).body == body
+    assert client.cancel(queue_name, pushed) == data
+    assert client.len(queue_name) == 0
+
+
 def test_a_long_error_is_shortened_to_its_end_to_fit_a_job(client, queue_name, raw):
     max_size = raw.stats()["max-job-size"]
     error = "Traceback (most recent call last):\n" + "x" * (2 * max_size) + "\nValueError: end"
@@ -632,3 +672,23 @@ def test_a_lost_connection_forgets_its_reservations(queue_name, tmp_path, caplog
     finally:
         client.close()
         server.stop()
+
+
+def test_abandoned_counts_the_takers_that_never_gave_a_job_back(dsn, queue_name):
+    client = Client(dsn())
+    task_id = client.push(queue_name, "ignored", "{}")
+    for _ in range(2):  # each takes the job, then its connection goes, the job with it
+        dying = Client(dsn())
+        assert dying.reserve(queue_name, OTHER, timeout=1).task_id == task_id
+        dying.close()
+    holder = Client(dsn())
+    assert holder.reserve(queue_name, CONSUMER, timeout=1).task_id == task_id
+    assert client.abandoned(queue_name, task_id) == 2
+    holder.requeue_inflight(queue_name, CONSUMER)  # given back: not abandoned
+    assert holder.reserve(queue_name, CONSUMER, timeout=1).task_id == task_id
+    assert client.abandoned(queue_name, task_id) == 2
+    holder.ack(queue_name, task_id, CONSUMER)
+    assert client.abandoned(queue_name, task_id) is None
+    assert client.abandoned(queue_name, "not-an-id") is None
+    for each in (client, holder):
+        each.close()

@@ -1,6 +1,7 @@
 """The Redis backend beyond the shared contract: DSNs, key layout, blocking, leases, faults."""
 
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -11,12 +12,14 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
+from alligator.backends import Reserved
 from alligator.backends.redis_backend import Client
 from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from alligator.gator import Gator
 
 from . import tasks
 from .servers import (
+    ROOT,
     ServerProcess,
     free_port,
     kill_process,
@@ -128,6 +131,35 @@ def test_defaults_and_options_from_the_dsn():
 def test_bad_dsns_are_refused_with_one_clear_sentence(dsn, message):
     with pytest.raises(InvalidDSNError, match=message):
         Client(dsn)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "redis://app:se/cret@localhost:6379/0",  # the parser takes "se" for the port
+        "redis://app:12/cret@localhost:6379/0",  # ... "12" for the port, "cret@…" for the path
+        "redis://app:4711#cret@localhost/0",
+        "redis://app:se?cret@localhost/0",
+    ],
+)
+def test_a_password_that_the_parser_would_split_is_refused_unseen(dsn):
+    with pytest.raises(InvalidDSNError, match="write them as %2F, %3F and %23") as caught:
+        Client(dsn)
+    message = str(caught.value)
+    assert "'redis://app:***@localhost" in message
+    assert "cret" not in message and "4711" not in message and "12" not in message
+
+
+def test_a_percent_encoded_password_is_used_whole():
+    client = Client("redis://app:se%2F%3Fcr%23et%40@localhost/0")
+    assert client._redis.connection_pool.connection_kwargs["password"] == "se/?cr#et@"
+    assert client.where == "redis://localhost:6379/0"
+
+
+def test_a_host_the_parser_refuses_is_reported_unseen():
+    with pytest.raises(InvalidDSNError, match="is malformed") as caught:
+        Client("redis://app:secret@local\u2100host/0")  # a host NFKC would change
+    assert "secret" not in str(caught.value)
 
 
 def test_user_password_and_database_in_the_dsn(redis, queue_name):
@@ -476,6 +508,100 @@ def test_dead_letters_keep_any_text(client, queue_name):
     assert (dead.data, dead.error) == (payload, "ValueError: caf\u00e9")
     assert client.requeue_dead_letters(queue_name) == 1
     assert client.reserve(queue_name, CONSUMER).data == payload
+
+
+# Bytes that are not UTF-8, written straight into Redis by another program.
+RAW_ID = b"id-\xc3\x28"
+RAW_PAYLOAD = b'\xff\xfe{"callable": "\x80"}'
+
+
+def check_bytes_that_are_not_utf8_round_trip(host: str, port: int, queue_name: str) -> None:
+    """
+    A task whose id and payload are not UTF-8 is reserved, dead-lettered, listed,
+    requeued, retried and acked; Redis holds the same bytes all along. Also run in a
+    process without hiredis.
+    """
+    client = Client(f"redis://{host}:{port}/0?prefix=test{uuid.uuid4().hex[:12]}")
+    server = redispy.Redis(host, port)  # bytes in, bytes out
+    keys = client.keys(queue_name)
+    task_id = RAW_ID.decode("utf-8", "surrogateescape")
+    data = RAW_PAYLOAD.decode("utf-8", "surrogateescape")
+    server.hset(keys.data, RAW_ID, RAW_PAYLOAD)
+    server.rpush(keys.ready, RAW_ID)
+
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert reserved == Reserved(task_id, data)
+    client.add_dead_letter(queue_name, reserved.task_id, reserved.data, "undecodable", CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER) == 0
+    [dead] = client.list_dead_letters(queue_name)
+    assert (dead.task_id, dead.data, dead.error) == (task_id, data, "undecodable")
+    assert client.requeue_dead_letters(queue_name, [task_id]) == 1
+    assert server.hgetall(keys.data) == {RAW_ID: RAW_PAYLOAD}
+    assert server.lrange(keys.ready, 0, -1) == [RAW_ID]
+
+    assert client.reserve(queue_name, CONSUMER) == reserved
+    client.retry(queue_name, task_id, CONSUMER, data)
+    assert server.hgetall(keys.data) == {RAW_ID: RAW_PAYLOAD}
+    assert client.get(queue_name, task_id, CONSUMER) == reserved
+    client.ack(queue_name, task_id, CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER) == 0
+    assert server.hlen(keys.data) == 0
+
+    client.push(queue_name, task_id, data)
+    assert server.hgetall(keys.data) == {RAW_ID: RAW_PAYLOAD}
+    assert client.cancel(queue_name, task_id) == data
+    client.close()
+    server.close()
+
+
+def test_bytes_that_are_not_utf8_round_trip_with_hiredis(redis, queue_name):
+    # hiredis reads replies and writes commands: both must cope.
+    assert redispy.utils.HIREDIS_AVAILABLE, "the test extra installs hiredis"
+    check_bytes_that_are_not_utf8_round_trip(redis.host, redis.port, queue_name)
+
+
+def test_bytes_that_are_not_utf8_round_trip_without_hiredis(redis, queue_name):
+    # redis-py's own parser and command packer, in a process where hiredis cannot load.
+    code = (
+        "import sys\n"
+        "sys.modules['hiredis'] = None\n"
+        "import redis.utils\n"
+        "assert not redis.utils.HIREDIS_AVAILABLE\n"
+        "from tests.test_redis_backend import check_bytes_that_are_not_utf8_round_trip\n"
+        "check_bytes_that_are_not_utf8_round_trip(sys.argv[1], int(sys.argv[2]), sys.argv[3])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, redis.host, str(redis.port), queue_name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_idle_reserve_gets_bytes_that_are_not_utf8(redis, client, queue_name):
+    # Through the blocking path: BLMOVE, then the fetch script riding with it.
+    got = {}
+    consumer = threading.Thread(
+        target=lambda: got.update(task=client.reserve(queue_name, CONSUMER, timeout=5))
+    )
+    consumer.start()
+    admin = raw(redis)
+    wait_for(
+        lambda: any(c["cmd"] == "blmove" for c in admin.client_list()),
+        message="the reserve to block on the server",
+    )
+    server = redispy.Redis(redis.host, redis.port)
+    keys = client.keys(queue_name)
+    server.hset(keys.data, RAW_ID, RAW_PAYLOAD)
+    server.rpush(keys.ready, RAW_ID)
+    consumer.join(10)
+    decoded = (
+        RAW_ID.decode("utf-8", "surrogateescape"),
+        RAW_PAYLOAD.decode("utf-8", "surrogateescape"),
+    )
+    assert got["task"] == Reserved(*decoded)
 
 
 def test_an_id_is_free_again_once_its_task_is_gone(client, queue_name):

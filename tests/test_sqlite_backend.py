@@ -3,6 +3,7 @@ its order, its polling and hot path, and its safety across threads, processes an
 
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -11,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from alligator.backends import sqlite_backend
-from alligator.backends.sqlite_backend import HAS_RETURNING, SCHEMA_VERSION, Client
+from alligator.backends import Reserved, sqlite_backend
+from alligator.backends.sqlite_backend import (
+    HAS_RETURNING,
+    SCHEMA_VERSION,
+    Client,
+    Settings,
+    dsn_settings,
+)
 from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 
 from .servers import wait_for
@@ -117,7 +124,60 @@ def test_bad_dsn_is_one_clear_sentence(dsn, words, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-# The file: created on first use, with a schema version.
+def test_dsn_settings_reads_the_dsn_and_touches_no_file(tmp_path):
+    dsn = dsn_for(tmp_path / "queue.db", lease=5, synchronous="FULL")
+    assert dsn_settings(dsn) == Settings(str(tmp_path / "queue.db"), 5.0, 5.0, "full")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "sqlite://app:secret@host/queue.db",
+        "sqlite:///queue.db?synchronous=x&password=secret",
+        "sqlite:///nowhere/app:secret@x/queue.db",  # the parser takes it all for the path
+    ],
+)
+def test_messages_keep_the_password_of_a_dsn_out(dsn, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidDSNError) as caught:
+        Client(dsn)
+    assert "secret" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# The file: created on first use, owner-only, with a schema version.
+
+
+def file_modes(db_path: Path) -> dict[str, int]:
+    """The permission bits of the database file and of its -wal and -shm files."""
+    return {
+        suffix: stat.S_IMODE(os.stat(f"{db_path}{suffix}").st_mode)
+        for suffix in ("", "-wal", "-shm")
+    }
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_a_new_database_and_its_wal_files_are_owner_only(db_path, queue_name, umask):
+    old_umask = os.umask(umask)
+    try:
+        client = Client(dsn_for(db_path))
+        client.push(queue_name, "t", "payload")
+        # While a connection is open: closing the last one removes the -wal and -shm files.
+        modes = file_modes(db_path)
+        client.close()
+    finally:
+        os.umask(old_umask)
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def test_an_existing_database_file_keeps_its_mode(db_path, queue_name):
+    db_path.touch()
+    db_path.chmod(0o640)
+    client = Client(dsn_for(db_path))
+    client.push(queue_name, "t", "payload")
+    assert file_modes(db_path) == {"": 0o640, "-wal": 0o640, "-shm": 0o640}
+    client.close()
 
 
 def test_tables_are_created_on_first_use_with_a_schema_version(db_path, queue_name):
@@ -158,6 +218,8 @@ def test_processes_creating_the_file_at_once(db_path, tmp_path, queue_name):
     client = Client(dsn_for(db_path))
     assert client.len(queue_name) == 4
     assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    # Whichever process made the file, it made it owner-only.
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     client.close()
 
 
@@ -350,6 +412,60 @@ def test_requeue_named_dead_letters_oldest_first(client, queue_name):
     assert [d.task_id for d in client.list_dead_letters(queue_name)] == ["b"]
     taken = [client.reserve(queue_name, CONSUMER).task_id for _ in range(2)]
     assert taken == ["a", "c"]
+
+
+# Bytes that are not UTF-8, written into the file by another program.
+RAW_TASKS = [(b"id-\xc3\x28", b'\xff\xfe{"callable": "\x80"}'), (b"id-\xff", b"\x80")]
+
+
+def as_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+@CLAIMS
+@pytest.mark.parametrize("stored_as", ["TEXT", "BLOB"])
+def test_bytes_that_are_not_utf8_round_trip(
+    client, db_path, queue_name, monkeypatch, returning, stored_as
+):
+    # As TEXT, sqlite3 cannot read such bytes by default; a BLOB it reads as bytes.
+    monkeypatch.setattr(sqlite_backend, "HAS_RETURNING", returning)
+    value = "CAST(? AS TEXT)" if stored_as == "TEXT" else "?"
+    conn = sqlite3.connect(db_path)
+    conn.executemany(
+        "INSERT INTO alligator_tasks (queue, task_id, data, state) "
+        f"VALUES (?, {value}, {value}, 'ready')",
+        [(queue_name, raw_id, payload) for raw_id, payload in RAW_TASKS],
+    )
+    conn.commit()
+    conn.close()
+    expected = [Reserved(as_text(raw_id), as_text(payload)) for raw_id, payload in RAW_TASKS]
+
+    # The first by a look and a claim, the second by the busy queue's claim.
+    reserved = [client.reserve(queue_name, CONSUMER) for _ in expected]
+    assert reserved == expected
+    for task in reserved:
+        client.add_dead_letter(queue_name, task.task_id, task.data, "undecodable", CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER) == 0
+    dead = client.list_dead_letters(queue_name)
+    assert [(d.task_id, d.data, d.error) for d in dead] == [
+        (task.task_id, task.data, "undecodable") for task in expected
+    ]
+    assert client.requeue_dead_letters(queue_name, [expected[0].task_id]) == 1
+    assert client.requeue_dead_letters(queue_name) == 1
+    stored = "SELECT CAST(task_id AS BLOB), CAST(data AS BLOB), state FROM alligator_tasks"
+    assert sorted(rows(db_path, stored)) == sorted((*raw, "ready") for raw in RAW_TASKS)
+
+    first = expected[0]
+    assert client.reserve(queue_name, CONSUMER) == first
+    client.retry(queue_name, first.task_id, CONSUMER, first.data)
+    assert client.get(queue_name, first.task_id, CONSUMER) == first
+    client.ack(queue_name, first.task_id, CONSUMER)
+    assert client.cancel(queue_name, expected[1].task_id) == expected[1].data
+    assert client.len(queue_name) == 0 and client.requeue_inflight(queue_name, CONSUMER) == 0
+
+    client.push(queue_name, first.task_id, first.data)
+    assert rows(db_path, stored) == [(*RAW_TASKS[0], "ready")]
+    assert client.reserve(queue_name, CONSUMER) == first
 
 
 # Polling, and the hot path of a busy queue.

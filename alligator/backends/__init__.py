@@ -26,13 +26,24 @@ Only the consumer holding a task settles it: ``ack``, ``retry`` and ``add_dead_l
 from a consumer that no longer holds the task (its lease ran out and the task went back
 to the queue, maybe to another consumer) change nothing.
 
+Payloads and task ids are ``str``, both ways. Bytes in the server that are not UTF-8 (put
+there by another program) come back decoded with Python's ``surrogateescape`` error
+handler, which loses nothing: each such byte becomes one lone surrogate (U+DC80 to
+U+DCFF), and the call never fails because of them. Writing such a ``str`` back (``push``,
+``retry``, ``add_dead_letter``) stores the original bytes again, so a dead letter keeps
+exactly what was in the queue and ``requeue_dead_letters`` restores it. Whether such a
+payload can run is for the caller to decide. A lone surrogate outside that range stands
+for no byte: a backend may refuse a payload holding one (``UnicodeEncodeError``), and in
+an error text it is stored as a backslash escape (see ``storable_text``).
+
 Each backend module states its own delivery semantics in its docstring.
 """
 
 import importlib
 import math
+import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, unquote_plus, urlsplit
 
 from ..exceptions import InvalidDSNError
 
@@ -76,6 +87,9 @@ class Client:
     Methods raise ``BackendError`` (with the original error as its cause) when the
     server cannot be reached. A client must be safe to call from two threads at once: a
     worker's loop and its heartbeat share it.
+
+    Payloads and task ids are ``str``; bytes in the server that are not UTF-8 come and go
+    as surrogate escapes, never as an error (see the module).
     """
 
     #: Seconds an in-flight task stays with its consumer without a keepalive.
@@ -288,35 +302,210 @@ class Client:
         """
         raise NotImplementedError
 
+    def abandoned(self, queue_name: str, task_id: str) -> int | None:
+        """
+        How many times a task held now was handed to a consumer that never settled it
+        (died, lost its connection, ran out of time), for a backend whose server keeps
+        count; ``None`` for the others (the default). A supervisor asks only when the
+        server returns a dead consumer's task itself (``server_requeues_dead_consumers``),
+        maybe before the supervisor counted that death.
+
+        Ex::
+
+            client.abandoned('emails', reserved.task_id)  # 2
+        """
+        return None
+
     def close(self) -> None:
         """Releases connections. The client must not be used afterwards."""
 
 
+# A scheme, as URLs spell it; with its colon, at the start of a DSN that lacks "://".
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_LEADING_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+# Query parameters whose value is masked: password, sentinel_password, auth_token, ...
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|auth|credential|(api|access|private)_?key", re.I)
+MASK = "***"
+
+
+def _scheme_end(conn_string: str) -> int:
+    """Where the ``scheme://`` of a DSN ends, or -1 when it does not start with one."""
+    after_scheme = conn_string.find("://")
+    if after_scheme < 0 or not _SCHEME.fullmatch(conn_string[:after_scheme]):
+        return -1
+    return after_scheme + 3
+
+
+def _secret_spans(conn_string: str) -> list[tuple[int, int]]:
+    """Where a DSN may hold a password: (start, end) index pairs, sorted and merged."""
+    spans = []
+    at = conn_string.rfind("@")
+    userinfo = _scheme_end(conn_string)
+    if userinfo >= 0:
+        # "scheme://user:password@host": the password runs from the first ":" after "://"
+        # to the last "@" (a password may hold "@", or an unescaped "/").
+        colon = conn_string.find(":", userinfo, max(at, 0))
+        if at >= userinfo and colon >= 0:
+            spans.append((colon + 1, at))
+    elif at >= 0:
+        # Not "scheme://…": everything between a leading "scheme:" and the last "@" may be
+        # a password ("redis:/:secret@host", "user:secret@host").
+        lead = _LEADING_SCHEME.match(conn_string)
+        spans.append((lead.end() if lead and lead.end() <= at else 0, at))
+    # The values of password-like query parameters, up to the next "&".
+    for separator in re.finditer(r"[?&]", conn_string):
+        equals = conn_string.find("=", separator.end())
+        if equals < 0:
+            break
+        key = conn_string[separator.end() : equals]
+        if "&" in key or not (_SECRET_KEY.search(key) or _SECRET_KEY.search(unquote_plus(key))):
+            continue
+        end = conn_string.find("&", equals + 1)
+        spans.append((equals + 1, len(conn_string) if end < 0 else end))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def redact_dsn(conn_string: str) -> str:
     """
-    Returns the DSN with its password masked, for error messages and logs.
+    Returns the DSN with its password masked, for error messages and logs. Never raises,
+    whatever the text: a malformed DSN is masked too, erring on the side of hiding more.
+
+    Masked: in ``scheme://user:password@host``, what follows the user name's colon, up to
+    the last ``@``; in a text without ``://``, what lies between a leading ``scheme:``
+    and the last ``@``; and the value of any password-like query parameter
+    (``?password=…``, ``?sentinel_password=…``).
 
     Ex::
 
         redact_dsn('redis://app:secret@db:6379/0')  # 'redis://app:***@db:6379/0'
+        redact_dsn('redis:/:secret@db')  # 'redis:***@db'
     """
+    conn_string = str(conn_string)
+    shown, done = [], 0
+    for start, end in _secret_spans(conn_string):
+        shown += [conn_string[done:start], MASK]
+        done = end
+    shown.append(conn_string[done:])
+    return "".join(shown)
+
+
+def _is_ambiguous(conn_string: str) -> bool:
+    """
+    True when the parts a URL parser finds in a DSN may hold pieces of the password that
+    ``redact_dsn`` masks: for instance, when the password holds an unescaped ``/``, the
+    parser takes what follows it for the path. Only a ``scheme://user:password@host…``
+    whose text up to the last ``@`` has no ``/``, ``?`` or ``#`` keeps its password within
+    the user information, where the parser sees it too.
+    """
+    at = conn_string.rfind("@")
+    if at < 0:
+        return False
+    userinfo = _scheme_end(conn_string)
+    if userinfo < 0:
+        return True  # masked from a leading "scheme:" to the "@"
+    if at < userinfo or ":" not in conn_string[userinfo:at]:
+        return False  # no password
+    return any(char in conn_string[userinfo:at] for char in "/?#")
+
+
+def redact_dsn_part(conn_string: str, part: object) -> str:
+    """
+    Returns a part of a DSN (a host, a path, a query parameter's name or value) for a
+    message, or ``'***'`` when it may hold some of the DSN's password. Never raises.
+
+    Ex::
+
+        redact_dsn_part('redis://app:secret@db/0?lease=soon', 'soon')  # 'soon'
+        redact_dsn_part('redis://app:sec/ret@db/0', 'ret@db/0')  # '***'
+    """
+    part, conn_string = str(part), str(conn_string)
+    spans = _secret_spans(conn_string)
+    if not part or not spans:
+        return part
+    if _is_ambiguous(conn_string):
+        return MASK
+    for start, end in spans:
+        secret = conn_string[start:end]
+        forms = (secret, unquote(secret), unquote_plus(secret))
+        if secret and any(form in part for form in forms):
+            return MASK
+    return part
+
+
+def split_dsn(conn_string: str) -> SplitResult:
+    """
+    Splits a network server's DSN into its parts (``urllib.parse.urlsplit``), with its port
+    checked, and refuses one whose password the parts would not hold whole: the parser
+    would take a piece of it for the host, the port or the path, connect to the wrong
+    place, and show that piece in messages.
+
+    Ex::
+
+        split_dsn('redis://db:6379/0').port  # 6379
+
+    :raises InvalidDSNError: The DSN is malformed, e.g. its port is not a number
+    """
+    shown = redact_dsn(conn_string)
+    if _is_ambiguous(conn_string):
+        if _scheme_end(conn_string) < 0:
+            reason = "it does not start with 'scheme://'"
+        else:
+            reason = (
+                "the text before its last '@' holds '/', '?' or '#': write them as %2F, "
+                "%3F and %23 in a user name or password, and an '@' after the host as %40"
+            )
+        raise InvalidDSNError(f"DSN {shown!r} is malformed: {reason}.")
     try:
         parts = urlsplit(conn_string)
-        password = parts.password
-    except ValueError:  # malformed (e.g. an unclosed IPv6 bracket): show nothing of it
-        return f"{conn_string.split('://', 1)[0]}://…"
-    if password is None:
-        return conn_string
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError as exc:
+        # The error's own text may quote the whole host part, password included.
+        reason = (
+            "its port is not a number from 0 to 65535"
+            if str(exc).startswith("Port")
+            else "it is not a valid URL (check its host part)"
+        )
+        raise InvalidDSNError(f"DSN {shown!r} is malformed: {reason}.") from None
+    return parts
+
+
+_UNSTORABLE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """
+    Returns a text (e.g. an error) as every backend can store it: unchanged, unless it holds
+    lone surrogates that stand for no byte (see the module), which become escapes.
+
+    Ex::
+
+        storable_text('bad value \\ud800')  # 'bad value \\\\ud800'
+    """
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return _UNSTORABLE_SURROGATE.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
+    return text
 
 
 def dsn_scheme(conn_string: str) -> str:
-    """Returns the scheme of a DSN (``'redis'`` for ``'redis://localhost:6379/0'``)."""
+    """
+    Returns the scheme of a DSN, in lower case.
+
+    Ex::
+
+        dsn_scheme('redis://localhost:6379/0')  # 'redis'
+    """
     if not isinstance(conn_string, str) or "://" not in conn_string:
         raise InvalidDSNError(
-            f"{redact_dsn(str(conn_string))!r} is not a DSN: expected 'scheme://…', e.g. 'sqlite:///queue.db'."
+            f"{redact_dsn(str(conn_string))!r} is not a DSN: expected 'scheme://…', "
+            "e.g. 'sqlite:///queue.db'."
         )
     return conn_string.split("://", 1)[0].lower()
 
@@ -332,8 +521,9 @@ def client_class(conn_string: str) -> type[Client]:
     scheme = dsn_scheme(conn_string)
     if scheme not in BACKENDS:
         supported = ", ".join(f"{name}://" for name in sorted(BACKENDS))
+        shown = redact_dsn_part(conn_string, scheme)
         raise InvalidDSNError(
-            f"No backend handles DSN scheme {scheme + '://'!r}; supported schemes: {supported}."
+            f"No backend handles DSN scheme {shown + '://'!r}; supported schemes: {supported}."
         )
     module_name, _, class_name = BACKENDS[scheme].partition(":")
     return getattr(importlib.import_module(module_name), class_name)
@@ -353,18 +543,22 @@ def dsn_options(conn_string: str, defaults: dict[str, float | str]) -> dict[str,
     shown = redact_dsn(conn_string)
     try:
         query = urlsplit(conn_string).query
-    except ValueError as exc:
-        raise InvalidDSNError(f"DSN {shown!r} is malformed: {exc}.") from None
+    except ValueError:
+        # The error's own text may quote the whole host part, password included.
+        raise InvalidDSNError(
+            f"DSN {shown!r} is malformed: it is not a valid URL (check its host part)."
+        ) from None
     for key, values in parse_qs(query, keep_blank_values=True).items():
+        name = redact_dsn_part(conn_string, key)
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
             raise InvalidDSNError(
-                f"Unknown option {key!r} in DSN {shown!r}; known options: {known}."
+                f"Unknown option {name!r} in DSN {shown!r}; known options: {known}."
             )
         raw = values[-1]
         if isinstance(defaults[key], str):
             if not raw:
-                raise InvalidDSNError(f"Option {key!r} in DSN {shown!r} is empty.")
+                raise InvalidDSNError(f"Option {name!r} in DSN {shown!r} is empty.")
             options[key] = raw
             continue
         try:
@@ -372,6 +566,9 @@ def dsn_options(conn_string: str, defaults: dict[str, float | str]) -> dict[str,
         except ValueError:
             value = 0.0
         if not (math.isfinite(value) and value > 0):
-            raise InvalidDSNError(f"Option {key}={raw!r} in DSN {shown!r} must be a number > 0.")
+            raise InvalidDSNError(
+                f"Option {name}={redact_dsn_part(conn_string, raw)!r} in DSN {shown!r} "
+                "must be a number > 0."
+            )
         options[key] = value
     return options

@@ -34,6 +34,10 @@ Parts of the contract that beanstalkd does not have are built from what it has:
 - ``requeue_inflight`` can only release jobs reserved through this client; the jobs of a
   dead process came back when its connection closed. ``requeue_expired`` has nothing to
   do: beanstalkd itself returns jobs whose time-to-run ran out.
+
+A job body is bytes. One that is not UTF-8 (put there by another program) comes back as a
+``str`` with those bytes as surrogate escapes (Python's ``surrogateescape``), and is put
+as the same bytes when written back, e.g. to the dead letters: nothing is lost or changed.
 """
 
 import json
@@ -46,13 +50,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
 
 import greenstalk
 
 from ..exceptions import BackendError, InvalidDSNError, InvalidQueueError
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options, redact_dsn
+from . import (
+    DeadLetter,
+    Reserved,
+    dsn_options,
+    redact_dsn,
+    redact_dsn_part,
+    split_dsn,
+    storable_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +112,13 @@ def _handle(job_id: int) -> greenstalk.Job:
 
 
 def _text(body: bytes) -> str:
-    # Another program may have put bytes that are not UTF-8; the task decoder then rejects
-    # them and they go to the dead letters, instead of wedging the worker here.
-    return body.decode("utf-8", "replace")
+    # Another program may have put bytes that are not UTF-8: they become surrogate escapes,
+    # which _body turns back into the same bytes, so a dead letter keeps exactly the job.
+    return body.decode("utf-8", "surrogateescape")
+
+
+def _body(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _delay_seconds(delay_until: float | None) -> int:
@@ -131,18 +146,18 @@ class Client(BaseClient):
 
     def __init__(self, conn_string: str) -> None:
         super().__init__(conn_string)
-        try:
-            parts = urlsplit(conn_string)
-            port = parts.port or DEFAULT_PORT
-        except ValueError as exc:
-            raise InvalidDSNError(f"DSN {redact_dsn(conn_string)!r} is malformed: {exc}.") from exc
+        parts = split_dsn(conn_string)
         if parts.path not in ("", "/"):
             raise InvalidDSNError(
-                f"DSN {conn_string!r} has a path, but beanstalkd has no databases: use "
-                f"'beanstalk://host:port/' and name the queue (tube) with Gator's queue_name."
+                f"DSN {redact_dsn(conn_string)!r} has a path, but beanstalkd has no databases: "
+                "use 'beanstalk://host:port/' and name the queue (tube) with Gator's queue_name."
             )
         self.host = parts.hostname or "localhost"
-        self.port = port
+        self.port = parts.port or DEFAULT_PORT
+        # For messages; split_dsn refused a DSN whose password would end up in either.
+        self._shown_address = (
+            f"{redact_dsn_part(conn_string, self.host)}:{redact_dsn_part(conn_string, self.port)}"
+        )
         options = dsn_options(conn_string, {"ttr": 3600.0, "lease": 60.0})
         #: Seconds a reserved job may go without a touch before beanstalkd takes it back.
         self.ttr = math.ceil(min(options["ttr"], MAX_SECONDS))
@@ -162,8 +177,9 @@ class Client(BaseClient):
 
     @property
     def address(self) -> str:
-        """``host:port`` of the beanstalkd server."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` of the beanstalkd server, for messages (masked, should either hold
+        the DSN's password)."""
+        return self._shown_address
 
     # Connection handling.
 
@@ -320,7 +336,7 @@ class Client(BaseClient):
         :returns: The job id beanstalkd assigned, as a string
         """
         tube = self._tube(queue_name)
-        body = data.encode("utf-8")
+        body = _body(data)
         delay = _delay_seconds(delay_until)
         with self._session() as conn:
             self._use(conn, tube)
@@ -407,7 +423,7 @@ class Client(BaseClient):
         job_id = _job_id(task_id)
         if job_id is None or not self._holds(job_id, queue_name, consumer_id):
             return task_id
-        body = data.encode("utf-8")
+        body = _body(data)
         delay = _delay_seconds(delay_until)
         with self._session() as conn:
             if not self._still_reserved(conn, job_id, queue_name, consumer_id):
@@ -471,6 +487,28 @@ class Client(BaseClient):
         """
         self._tube(queue_name)
         return 0
+
+    def abandoned(self, queue_name: str, task_id: str) -> int | None:
+        """
+        How many times beanstalkd handed out the job without getting it back (its
+        ``reserves``, less its ``releases`` and the reservation that holds it now): each
+        one a consumer that died, lost its connection or ran out of its time-to-run.
+        ``None`` for a job this server does not know.
+
+        Ex::
+
+            client.abandoned('emails', '1042')  # 2
+        """
+        self._tube(queue_name)
+        job_id = _job_id(task_id)
+        if job_id is None:
+            return None
+        with self._session() as conn:
+            try:
+                stats = conn.stats_job(job_id)
+            except greenstalk.NotFoundError:
+                return None
+        return max(0, stats["reserves"] - stats["releases"] - 1)
 
     def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
         """
@@ -687,7 +725,7 @@ class Client(BaseClient):
                 except greenstalk.NotFoundError:
                     continue
                 self._use(conn, tube)
-                conn.put(dead.data.encode("utf-8"), priority=PRIORITY, delay=0, ttr=self.ttr)
+                conn.put(_body(dead.data), priority=PRIORITY, delay=0, ttr=self.ttr)
                 conn.delete(record_id)
             requeued += 1
         return requeued
@@ -727,13 +765,18 @@ class Client(BaseClient):
 
 def _dead_record(task_id: str, data: str, error: str, max_size: int) -> bytes:
     """A dead-letter record: one JSON line (task id, error, time), then the payload."""
-    payload = data.encode("utf-8")
+    payload = _body(data)
     failed_at = time.time()
     marker = "[…]"
+    error = storable_text(error)
     while True:
-        header = json.dumps(
-            {"task_id": task_id, "error": error, "failed_at": failed_at}, ensure_ascii=False
-        ).encode("utf-8")
+        # Surrogate escapes in the id or error text go as the bytes they stand for, like
+        # the payload's; _read_dead_record decodes the line the same way.
+        header = _body(
+            json.dumps(
+                {"task_id": task_id, "error": error, "failed_at": failed_at}, ensure_ascii=False
+            )
+        )
         excess = len(header) + 1 + len(payload) - max_size
         if excess <= 0 or not error:
             return header + b"\n" + payload
@@ -745,7 +788,7 @@ def _dead_record(task_id: str, data: str, error: str, max_size: int) -> bytes:
 def _read_dead_record(body: bytes) -> DeadLetter | None:
     header, _, payload = body.partition(b"\n")
     try:
-        fields = json.loads(header)
+        fields = json.loads(_text(header))
         return DeadLetter(
             str(fields["task_id"]),
             _text(payload),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..exceptions import DuplicateTaskError
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options
+from . import DeadLetter, Reserved, dsn_options, storable_text
 
 
 @dataclass
@@ -203,7 +203,7 @@ class Client(BaseClient):
         with self._store.changed:
             queue = self._store.queue(queue_name)
             if consumer_id is None or self._release(queue, task_id, consumer_id):
-                queue.dead[task_id] = DeadLetter(task_id, data, error, time.time())
+                queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
 
     def list_dead_letters(self, queue_name):
         with self._store.changed:

@@ -48,6 +48,11 @@ Delivery semantics:
 Every key starts with ``prefix:{queue}:`` — one Redis Cluster hash tag per queue, so each
 script touches a single slot. Connection and timeout errors raise ``BackendError`` with
 the redis-py error as its cause. A client is safe to share between threads.
+
+Payloads and ids that another program stored as bytes that are not UTF-8 come back as
+``str`` with those bytes as surrogate escapes (Python's ``surrogateescape``), and are
+stored as the same bytes when written back, e.g. to the dead letters: nothing is lost or
+changed, and no call fails because of them. This works with and without hiredis.
 """
 
 import json
@@ -56,7 +61,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote
 
 import redis
 from redis.backoff import NoBackoff
@@ -64,7 +69,15 @@ from redis.retry import Retry
 
 from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options, redact_dsn
+from . import (
+    DeadLetter,
+    Reserved,
+    dsn_options,
+    redact_dsn,
+    redact_dsn_part,
+    split_dsn,
+    storable_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +103,10 @@ MIN_BLOCK = 0.01
 PROMOTE_BATCH = 1000
 #: Consumers checked per ``requeue_expired`` script call.
 SWEEP_BATCH = 200
+#: Longest lease kept on the server (about 68 years): a longer one would not fit PX.
+MAX_LEASE = 2.0**31
+#: Database numbers have at most this many digits.
+MAX_DB_DIGITS = 10
 
 # Shared by the scripts: the server's clock, in epoch seconds.
 _NOW = """
@@ -340,15 +357,26 @@ class _Keys:
         return f"{self.base}lease:{consumer_id}"
 
 
-def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dict, str]:
+def _wire(text: str) -> str | bytes:
+    """
+    A payload or id as it goes to Redis. hiredis's command packer encodes a ``str``
+    strictly, so one holding surrogate escapes goes as the bytes they stand for.
+    ``isascii()`` costs nothing, and the packer would encode any other ``str`` anyway.
+    """
+    return text if text.isascii() else text.encode("utf-8", "surrogateescape")
+
+
+def _connection_settings(
+    conn_string: str, parts: SplitResult, options: dict[str, Any]
+) -> tuple[dict, str]:
     """Turns a DSN into redis-py keyword arguments, and a password-free place for messages."""
     shown = redact_dsn(conn_string)
-    try:
-        parts = urlsplit(conn_string)
-        port = parts.port
-    except ValueError as exc:
-        raise InvalidDSNError(f"DSN {shown!r} is malformed: {exc}.") from None
+    port = parts.port
     scheme = parts.scheme.lower()
+
+    def part(text: object) -> str:
+        return redact_dsn_part(conn_string, text)
+
     settings: dict[str, Any] = {
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
@@ -361,12 +389,12 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
                 f"DSN {shown!r} names no socket; write 'unix:///path/to/redis.sock?db=0'."
             )
         settings["unix_socket_path"] = path
-        where = f"unix://{path}"
+        where = f"unix://{part(path)}"
     else:
         host = parts.hostname or "localhost"
         port = port or 6379
         settings.update(host=host, port=port)
-        where = f"{scheme}://{host}:{port}"
+        where = f"{scheme}://{part(host)}:{part(port)}"
         if path.strip("/"):
             if db:
                 raise InvalidDSNError(
@@ -375,10 +403,12 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
             db = path.strip("/")
     if db == "":
         db = "0"
-    if not db.isdigit():
+    if not (db.isascii() and db.isdigit()):
         raise InvalidDSNError(
-            f"Database {db!r} in DSN {shown!r} is not a number; e.g. 'redis://host:6379/0'."
+            f"Database {part(db)!r} in DSN {shown!r} is not a number; e.g. 'redis://host:6379/0'."
         )
+    if len(db.lstrip("0")) > MAX_DB_DIGITS:
+        raise InvalidDSNError(f"Database {part(db)!r} in DSN {shown!r} is out of range.")
     settings["db"] = int(db)
     where = f"{where}/{int(db)}" if scheme != "unix" else f"{where}?db={int(db)}"
 
@@ -387,7 +417,7 @@ def _connection_settings(conn_string: str, options: dict[str, Any]) -> tuple[dic
         cert_reqs = options["ssl_cert_reqs"]
         if cert_reqs not in ("required", "optional", "none"):
             raise InvalidDSNError(
-                f"Option ssl_cert_reqs={cert_reqs!r} in DSN {shown!r} must be "
+                f"Option ssl_cert_reqs={part(cert_reqs)!r} in DSN {shown!r} must be "
                 "'required', 'optional' or 'none'."
             )
         settings.update(
@@ -419,12 +449,13 @@ class Client(BaseClient):
 
     def __init__(self, conn_string: str) -> None:
         super().__init__(conn_string)
+        parts = split_dsn(conn_string)  # first: it refuses a DSN whose password it would split
         options = dsn_options(conn_string, OPTIONS)
-        settings, self.where = _connection_settings(conn_string, options)
+        settings, self.where = _connection_settings(conn_string, parts, options)
         self.lease = float(options["lease"])
         self.prefix = str(options["prefix"])
         self.socket_timeout = float(options["socket_timeout"])
-        self._lease_ms = max(1, int(self.lease * 1000))
+        self._lease_ms = max(1, int(min(self.lease, MAX_LEASE) * 1000))
         # Every wait on the server ends well inside the socket timeout (or it would read
         # as a dead server) and inside the lease (so a blocked consumer keeps its tasks).
         self._block_cap = min(MAX_BLOCK, self.socket_timeout / 2, self.lease / 2)
@@ -433,6 +464,8 @@ class Client(BaseClient):
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,
             decode_responses=True,
+            # Bytes that are not UTF-8 come back as surrogate escapes, never as an error.
+            encoding_errors="surrogateescape",
             # A blind retry could run a script twice; the Worker backs off and tries again.
             retry=Retry(NoBackoff(), 0),
         )
@@ -506,7 +539,7 @@ class Client(BaseClient):
         push_keys = [keys.ready, keys.delayed, keys.data, keys.dead]
         stored = self._call(
             f"store task {task_id} in queue {queue_name!r}",
-            lambda: self._push(keys=push_keys, args=[task_id, data, due]),
+            lambda: self._push(keys=push_keys, args=[_wire(task_id), _wire(data), due]),
         )
         if stored == 0:
             raise DuplicateTaskError(
@@ -586,7 +619,7 @@ class Client(BaseClient):
 
     def _release(self, keys: _Keys, owner: tuple[str, str]) -> None:
         with self._lock:
-            known = sorted(self._held.get(owner, ()))
+            known = [_wire(task_id) for task_id in sorted(self._held.get(owner, ()))]
         released = self._release_unknown(keys=[keys.ready, keys.inflight(owner[1])], args=known)
         with self._lock:
             self._unsure.discard(owner)
@@ -603,7 +636,7 @@ class Client(BaseClient):
         self._settle(owner, task_id)
         self._call(
             f"ack task {task_id} of queue {queue_name!r}",
-            lambda: self._ack(keys=[keys.inflight(consumer_id), keys.data], args=[task_id]),
+            lambda: self._ack(keys=[keys.inflight(consumer_id), keys.data], args=[_wire(task_id)]),
             owner,
         )
 
@@ -615,7 +648,7 @@ class Client(BaseClient):
         self._settle(owner, task_id)
         self._call(
             f"retry task {task_id} of queue {queue_name!r}",
-            lambda: self._retry(keys=retry_keys, args=[task_id, data, due]),
+            lambda: self._retry(keys=retry_keys, args=[_wire(task_id), _wire(data), due]),
             owner,
         )
         return task_id
@@ -654,6 +687,9 @@ class Client(BaseClient):
             sweep_keys = [keys.ready, keys.consumers]
             for consumer_id in batch:
                 sweep_keys += [keys.inflight(consumer_id), keys.lease(consumer_id)]
+            # Sent as read: a consumer id another program wrote may hold surrogate escapes.
+            sweep_keys = [_wire(key) for key in sweep_keys]
+            batch = [_wire(consumer_id) for consumer_id in batch]
             count += self._call(
                 what,
                 lambda sweep_keys=sweep_keys, batch=batch: self._requeue_expired(
@@ -675,7 +711,7 @@ class Client(BaseClient):
         ]
         data = self._call(
             f"take task {task_id} from queue {queue_name!r}",
-            lambda: self._get(keys=get_keys, args=[task_id, consumer_id, self._lease_ms]),
+            lambda: self._get(keys=get_keys, args=[_wire(task_id), consumer_id, self._lease_ms]),
             owner,
         )
         return None if data is None else self._hand_out(owner, task_id, data)
@@ -684,7 +720,9 @@ class Client(BaseClient):
         keys = self.keys(queue_name)
         return self._call(
             f"cancel task {task_id} of queue {queue_name!r}",
-            lambda: self._cancel(keys=[keys.ready, keys.delayed, keys.data], args=[task_id]),
+            lambda: self._cancel(
+                keys=[keys.ready, keys.delayed, keys.data], args=[_wire(task_id)]
+            ),
         )
 
     def len(self, queue_name):
@@ -707,8 +745,11 @@ class Client(BaseClient):
 
     def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
         keys = self.keys(queue_name)
+        # Not ensure_ascii: the scripts' cjson cannot decode an escaped lone surrogate, so the
+        # bytes that surrogate escapes stand for go in as they are.
         record = json.dumps(
-            {"data": data, "error": error, "failed_at": time.time()}, ensure_ascii=False
+            {"data": data, "error": storable_text(error), "failed_at": time.time()},
+            ensure_ascii=False,
         )
         owner = None if consumer_id is None else (queue_name, consumer_id)
         if owner is not None:
@@ -717,7 +758,9 @@ class Client(BaseClient):
         held = "0" if consumer_id is None else "1"
         self._call(
             f"store dead letter {task_id} of queue {queue_name!r}",
-            lambda: self._add_dead_letter(keys=dead_keys, args=[task_id, record, held]),
+            lambda: self._add_dead_letter(
+                keys=dead_keys, args=[_wire(task_id), _wire(record), held]
+            ),
             owner,
         )
 
@@ -742,7 +785,7 @@ class Client(BaseClient):
 
     def requeue_dead_letters(self, queue_name, task_ids=None):
         keys = self.keys(queue_name)
-        args = ["1"] if task_ids is None else ["0", *task_ids]
+        args = ["1"] if task_ids is None else ["0", *map(_wire, task_ids)]
         dead_keys = [keys.ready, keys.data, keys.dead_order, keys.dead]
         return self._call(
             f"requeue the dead letters of queue {queue_name!r}",

@@ -28,21 +28,32 @@ one statement, without looking first.
 The file must sit on a local filesystem (WAL needs shared memory between the processes
 that use it). One connection per client and process, guarded by a lock; connections are
 closed before ``os.fork`` and reopened on first use, in the parent and in the child.
+
+A new database file is created readable and writable by its owner only (mode 0600, or
+stricter if the umask says so); SQLite gives its ``-wal`` and ``-shm`` files the same mode.
+The mode of an existing file is left as it is.
+
+Payloads and ids that another program stored as bytes that are not UTF-8 (as TEXT or as a
+BLOB) come back as ``str`` with those bytes as surrogate escapes (Python's
+``surrogateescape``), and are stored as the same bytes when written back, e.g. to the dead
+letters: nothing is lost or changed, and no call fails because of them.
 """
 
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options
+from . import DeadLetter, Reserved, dsn_options, redact_dsn, redact_dsn_part, storable_text
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +93,16 @@ _SYNCHRONOUS = ("normal", "full")
 #: ``UPDATE … RETURNING`` (SQLite 3.35+) claims a task in one statement.
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
+#: The options of a ``sqlite://`` DSN and their defaults.
+OPTIONS: dict[str, float | str] = {"lease": 60.0, "busy_timeout": 5.0, "synchronous": "normal"}
+
+# TEXT read from the file: bytes that are not UTF-8 become surrogate escapes instead of
+# an error. A C callable, so reading stays free of Python frames.
+_TEXT_FACTORY = functools.partial(str, encoding="utf-8", errors="surrogateescape")
+
+# Statements bind payloads, task ids and error texts as CAST(? AS TEXT): sqlite3 refuses a
+# str holding surrogate escapes, so such a str is bound as its bytes, and the cast stores
+# those bytes as TEXT again (for an ordinary str the cast does nothing).
 _HEAD = (
     "SELECT seq, task_id, data FROM alligator_tasks "
     "WHERE queue = ? AND state = 'ready' ORDER BY seq LIMIT 1"
@@ -94,12 +115,12 @@ _CLAIM_IF_NONE_DUE = (
     "ORDER BY seq LIMIT 1) "
     "AND NOT EXISTS (SELECT 1 FROM alligator_tasks WHERE queue = ? AND state = 'delayed' "
     "AND due <= ?) "
-    "RETURNING task_id, data"
+    "RETURNING seq, task_id, data"
 )
-_HELD = "WHERE queue = ? AND task_id = ? AND state = 'inflight' AND consumer_id = ?"
+_HELD = "WHERE queue = ? AND task_id = CAST(? AS TEXT) AND state = 'inflight' AND consumer_id = ?"
 _WAITING = (
-    "SELECT seq, data FROM alligator_tasks WHERE queue = ? AND task_id = ? "
-    "AND state IN ('ready', 'delayed')"
+    "SELECT seq, task_id, data FROM alligator_tasks WHERE queue = ? "
+    "AND task_id = CAST(? AS TEXT) AND state IN ('ready', 'delayed')"
 )
 _BACK = "seq = (SELECT max(seq) FROM alligator_tasks) + 1"
 _FRONT = "seq = (SELECT min(seq) FROM alligator_tasks) - 1"
@@ -116,30 +137,129 @@ _INFLIGHT_TO_FRONT = (
 
 def database_path(conn_string: str) -> str:
     """
-    Returns the absolute path of the database file a ``sqlite://`` DSN names.
+    Returns the absolute path of the database file a ``sqlite://`` DSN names. Only reads
+    the DSN (and the current directory, for a relative path).
 
     Ex::
 
         database_path('sqlite:////var/lib/app/queue.db')  # '/var/lib/app/queue.db'
     """
-    parts = urlsplit(conn_string)
+    shown = redact_dsn(conn_string)
+    try:
+        parts = urlsplit(conn_string)
+    except ValueError:
+        # The error's own text may quote the whole host part, password included.
+        raise InvalidDSNError(
+            f"DSN {shown!r} is malformed: it is not a valid URL (check its host part)."
+        ) from None
     if parts.netloc:
         raise InvalidDSNError(
-            f"DSN {conn_string!r} names a host ({parts.netloc!r}); SQLite needs a file path: "
+            f"DSN {shown!r} names a host; SQLite needs a file path: "
             "'sqlite:///relative.db' or 'sqlite:////absolute/path.db'."
         )
     path = unquote(parts.path[1:])  # the one slash after the empty host is not the path's
     if not path or path.endswith("/"):
         raise InvalidDSNError(
-            f"DSN {conn_string!r} names no database file; use 'sqlite:///relative.db' or "
+            f"DSN {shown!r} names no database file; use 'sqlite:///relative.db' or "
             "'sqlite:////absolute/path.db'."
         )
     if path == ":memory:":
         raise InvalidDSNError(
-            f"DSN {conn_string!r} asks for an in-memory SQLite database, which processes "
+            f"DSN {shown!r} asks for an in-memory SQLite database, which processes "
             "cannot share; use 'locmem://' for queues in memory."
         )
+    try:
+        if "\0" in path:
+            raise ValueError
+        os.fsencode(path)
+    except ValueError:  # a NUL, or a character no file name can hold
+        raise InvalidDSNError(
+            f"The path in DSN {shown!r} holds a character no file name can hold "
+            "(e.g. a NUL); fix the DSN."
+        ) from None
     return os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a ``sqlite://`` DSN asks for."""
+
+    path: str
+    lease: float
+    busy_timeout: float
+    synchronous: str
+
+
+def dsn_settings(conn_string: str) -> Settings:
+    """
+    Reads a ``sqlite://`` DSN: its file and its options. Only reads the DSN (and the
+    current directory, for a relative path): it touches no file.
+
+    Ex::
+
+        dsn_settings('sqlite:////var/lib/app/queue.db?lease=120').lease  # 120.0
+
+    :raises InvalidDSNError: The DSN names no usable file, or has a bad option
+    """
+    options = dsn_options(conn_string, OPTIONS)
+    synchronous = str(options["synchronous"]).lower()
+    if synchronous not in _SYNCHRONOUS:
+        raise InvalidDSNError(
+            f"Option synchronous={redact_dsn_part(conn_string, options['synchronous'])!r} in "
+            f"DSN {redact_dsn(conn_string)!r} must be 'normal' or 'full'."
+        )
+    return Settings(
+        path=database_path(conn_string),
+        lease=float(options["lease"]),
+        busy_timeout=float(options["busy_timeout"]),
+        synchronous=synchronous,
+    )
+
+
+def _create_owner_only(path: str) -> None:
+    """
+    Creates an empty database file with mode 0600 (less what the umask takes away) unless
+    it exists. SQLite would make it 0644 (less the umask), and it gives the ``-wal`` and
+    ``-shm`` files the database file's mode. It takes an empty file for a new database.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return  # made before, maybe by another process just now: its mode stays
+    except OSError:
+        return  # e.g. no permission: sqlite3.connect fails next, with its own clear error
+    os.close(fd)
+
+
+def _as_text(value: object) -> str:
+    """A column's value as ``str``: a BLOB is decoded as TEXT is (``_TEXT_FACTORY``)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return "" if value is None else str(value)
+
+
+def _execute(conn: sqlite3.Connection, sql: str, params: Sequence) -> sqlite3.Cursor:
+    """
+    ``conn.execute``, binding a ``str`` that holds surrogate escapes as the bytes they
+    stand for (the statement casts them to TEXT). Ordinary text costs nothing extra.
+    """
+    try:
+        return conn.execute(sql, params)
+    except (UnicodeEncodeError, sqlite3.InterfaceError, sqlite3.ProgrammingError):
+        # sqlite3 refused a str it cannot encode (the error's type depends on the version).
+        escaped = [_bindable(param) for param in params]
+        if all(new is old for new, old in zip(escaped, params, strict=True)):
+            raise
+        return conn.execute(sql, escaped)
+
+
+def _bindable(param: object) -> object:
+    if isinstance(param, str):
+        try:
+            param.encode("utf-8")
+        except UnicodeEncodeError:
+            return param.encode("utf-8", "surrogateescape")
+    return param
 
 
 def _waiting_state(delay_until: float | None) -> tuple[str, float | None]:
@@ -180,23 +300,17 @@ class Client(BaseClient):
 
     def __init__(self, conn_string: str) -> None:
         super().__init__(conn_string)
-        options = dsn_options(
-            conn_string, {"lease": 60.0, "busy_timeout": 5.0, "synchronous": "normal"}
-        )
-        self.lease = float(options["lease"])
-        self.busy_timeout = float(options["busy_timeout"])
-        self.synchronous = str(options["synchronous"]).lower()
-        if self.synchronous not in _SYNCHRONOUS:
-            raise InvalidDSNError(
-                f"Option synchronous={options['synchronous']!r} in DSN {conn_string!r} must be "
-                "'normal' or 'full'."
-            )
-        self.path = database_path(conn_string)
+        settings = dsn_settings(conn_string)
+        self.lease = settings.lease
+        self.busy_timeout = settings.busy_timeout
+        self.synchronous = settings.synchronous
+        self.path = settings.path
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             raise InvalidDSNError(
-                f"The directory {directory!r} for the SQLite database of DSN {conn_string!r} "
-                "does not exist; create it or fix the DSN."
+                f"The directory {redact_dsn_part(conn_string, directory)!r} for the SQLite "
+                f"database of DSN {redact_dsn(conn_string)!r} does not exist; create it or "
+                "fix the DSN."
             )
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -251,12 +365,14 @@ class Client(BaseClient):
             # release the parent's locks, so it is only kept from being collected.
             _inherited.append(self._conn)
             self._conn = None
+        _create_owner_only(self.path)
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout,
             isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
             check_same_thread=False,  # self._lock serializes the threads that share it
         )
+        conn.text_factory = _TEXT_FACTORY
         try:
             mode = self._use_wal(conn)
             if mode != "wal":
@@ -343,9 +459,10 @@ class Client(BaseClient):
     ) -> str:
         state, due = _waiting_state(delay_until)
         with self._connection() as conn, _unique_task_id(queue_name, task_id):
-            conn.execute(
+            _execute(
+                conn,
                 "INSERT INTO alligator_tasks (queue, task_id, data, state, due) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?)",
                 (queue_name, task_id, data, state, due),
             )
         return task_id
@@ -403,7 +520,12 @@ class Client(BaseClient):
             claimed = conn.execute(
                 _CLAIM_IF_NONE_DUE, (consumer_id, now + self.lease, queue_name, queue_name, now)
             ).fetchall()
-        return Reserved(*claimed[0]) if claimed else None
+            if not claimed:
+                return None
+            seq, task_id, data = claimed[0]
+            if type(task_id) is str and type(data) is str:
+                return Reserved(task_id, data)
+            return _reserved_blob(conn, seq, task_id, data)
 
     def _claim(self, queue_name: str, consumer_id: str) -> Reserved | None:
         """One transaction: moves due delayed tasks to the back, then claims the head."""
@@ -425,14 +547,14 @@ class Client(BaseClient):
                 "WHERE seq = ?",
                 (consumer_id, now + self.lease, seq),
             )
-        return Reserved(task_id, data)
+            if type(task_id) is str and type(data) is str:
+                return Reserved(task_id, data)
+            return _reserved_blob(conn, seq, task_id, data)
 
     def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
         with self._connection() as conn:
-            conn.execute(
-                "DELETE FROM alligator_tasks WHERE queue = ? AND task_id = ? "
-                "AND state = 'inflight' AND consumer_id = ?",
-                (queue_name, task_id, consumer_id),
+            _execute(
+                conn, f"DELETE FROM alligator_tasks {_HELD}", (queue_name, task_id, consumer_id)
             )
 
     def retry(
@@ -445,9 +567,10 @@ class Client(BaseClient):
     ) -> str:
         state, due = _waiting_state(delay_until)
         with self._connection() as conn:
-            conn.execute(
-                "UPDATE alligator_tasks SET data = ?, state = ?, due = ?, consumer_id = NULL, "
-                f"expires = NULL, {_BACK} {_HELD}",
+            _execute(
+                conn,
+                "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = ?, due = ?, "
+                f"consumer_id = NULL, expires = NULL, {_BACK} {_HELD}",
                 (data, state, due, queue_name, task_id, consumer_id),
             )
         return task_id
@@ -480,7 +603,7 @@ class Client(BaseClient):
 
     def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
         with self._transaction() as conn:
-            row = conn.execute(_WAITING, (queue_name, task_id)).fetchone()
+            row = _execute(conn, _WAITING, (queue_name, task_id)).fetchone()
             if row is None:
                 return None
             conn.execute(
@@ -488,15 +611,17 @@ class Client(BaseClient):
                 "expires = ? WHERE seq = ?",
                 (consumer_id, time.time() + self.lease, row[0]),
             )
-        return Reserved(task_id, row[1])
+            if type(row[1]) is str and type(row[2]) is str:
+                return Reserved(row[1], row[2])
+            return _reserved_blob(conn, *row)
 
     def cancel(self, queue_name: str, task_id: str) -> str | None:
         with self._transaction() as conn:
-            row = conn.execute(_WAITING, (queue_name, task_id)).fetchone()
+            row = _execute(conn, _WAITING, (queue_name, task_id)).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM alligator_tasks WHERE seq = ?", (row[0],))
-        return row[1]
+        return _as_text(row[2])
 
     def len(self, queue_name: str) -> int:
         with self._connection() as conn:
@@ -522,19 +647,23 @@ class Client(BaseClient):
         consumer_id: str | None = None,
     ) -> None:
         failed_at = time.time()
+        error = storable_text(error)
         with self._connection() as conn:
             if consumer_id is not None:
                 # To the back, so that dead letters list in the order they failed.
-                conn.execute(
-                    "UPDATE alligator_tasks SET data = ?, state = 'dead', error = ?, "
-                    f"failed_at = ?, consumer_id = NULL, expires = NULL, {_BACK} {_HELD}",
+                _execute(
+                    conn,
+                    "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = 'dead', "
+                    "error = CAST(? AS TEXT), failed_at = ?, consumer_id = NULL, "
+                    f"expires = NULL, {_BACK} {_HELD}",
                     (data, error, failed_at, queue_name, task_id, consumer_id),
                 )
                 return
             with _unique_task_id(queue_name, task_id):
-                conn.execute(
+                _execute(
+                    conn,
                     "INSERT INTO alligator_tasks (queue, task_id, data, state, error, failed_at) "
-                    "VALUES (?, ?, ?, 'dead', ?, ?)",
+                    "VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), 'dead', CAST(? AS TEXT), ?)",
                     (queue_name, task_id, data, error, failed_at),
                 )
 
@@ -545,7 +674,10 @@ class Client(BaseClient):
                 "WHERE queue = ? AND state = 'dead' ORDER BY seq",
                 (queue_name,),
             ).fetchall()
-        return [DeadLetter(*row) for row in rows]
+        return [
+            DeadLetter(_as_text(task_id), _as_text(data), _as_text(error), failed_at)
+            for task_id, data, error, failed_at in rows
+        ]
 
     def requeue_dead_letters(self, queue_name: str, task_ids: list[str] | None = None) -> int:
         with self._transaction() as conn:
@@ -557,9 +689,10 @@ class Client(BaseClient):
                 ).fetchall()
             else:
                 found = (
-                    conn.execute(
+                    _execute(
+                        conn,
                         "SELECT seq FROM alligator_tasks "
-                        "WHERE queue = ? AND task_id = ? AND state = 'dead'",
+                        "WHERE queue = ? AND task_id = CAST(? AS TEXT) AND state = 'dead'",
                         (queue_name, task_id),
                     ).fetchone()
                     for task_id in dict.fromkeys(task_ids)
@@ -574,6 +707,26 @@ class Client(BaseClient):
             return conn.execute(
                 "DELETE FROM alligator_tasks WHERE queue = ? AND state = 'dead'", (queue_name,)
             ).rowcount
+
+
+def _reserved_blob(conn: sqlite3.Connection, seq: int, task_id: object, data: object) -> Reserved:
+    """
+    A claimed task whose id or payload another program stored as a BLOB: both are made
+    TEXT (the same bytes), so that settling it by its id finds it.
+    """
+    try:
+        conn.execute(
+            "UPDATE alligator_tasks SET task_id = CAST(task_id AS TEXT), "
+            "data = CAST(data AS TEXT) WHERE seq = ?",
+            (seq,),
+        )
+    except sqlite3.IntegrityError:
+        log.warning(
+            "Task %r in the SQLite database is stored as a BLOB, and the same id as TEXT is "
+            "taken: it cannot be settled by its id.",
+            task_id,
+        )
+    return Reserved(_as_text(task_id), _as_text(data))
 
 
 # Fork safety. SQLite keeps its per-file lock bookkeeping in process memory; a child forked
