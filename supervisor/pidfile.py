@@ -1,12 +1,18 @@
 """
 The pidfile: locked for the master's whole life, written atomically, replaced when stale,
-removed at exit.
+removed at exit, readable by its owner alone, and never reached through a symbolic link.
 
 The lock (``flock``) is what tells a running alligatord from a stale file: the kernel
 drops it when its process dies, however it dies, so two daemons starting at the same
 moment cannot both take the file, and a pid reused by an unrelated process after a crash
 or a reboot does not keep alligatord from starting. The pid inside is for people and
 tools that read it.
+
+Both the pidfile and the temporary file it is written through are opened with
+``O_NOFOLLOW`` (the temporary one also with ``O_EXCL``), so a symbolic link planted at
+either path, in a directory others can write to, cannot make alligatord write to the file
+it points to. Both are created with mode 0600; the umask still applies, so a stricter one
+wins.
 """
 
 import errno
@@ -20,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Tries at taking the lock when another process replaces the file under our feet.
 _LOCK_TRIES = 10
+
+#: Owner-only: the file says which process to signal, and nobody else needs to write it.
+_MODE = 0o600
 
 
 class PidfileError(AlligatorException):
@@ -36,10 +45,20 @@ def read_pid(path: str) -> int | None:
     """
     try:
         with open(path, encoding="ascii", errors="replace") as handle:
-            text = handle.read(64).strip()
+            text = handle.read(64)
     except FileNotFoundError:
         return None
+    return _parse_pid(text)
+
+
+def _parse_pid(text: str) -> int | None:
+    text = text.strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _read_pid_at(fd: int) -> int | None:
+    """The pid in the file open at ``fd``: no second open, so no path to be tricked by."""
+    return _parse_pid(os.pread(fd, 64, 0).decode("ascii", errors="replace"))
 
 
 class Pidfile:
@@ -69,8 +88,8 @@ class Pidfile:
         """
         Takes the lock and writes this process's pid.
 
-        :raises PidfileError: When another process holds the lock, or the file cannot be
-            written
+        :raises PidfileError: When another process holds the lock, the path is a symbolic
+            link, or the file cannot be written
         """
         pid = os.getpid()
         try:
@@ -100,12 +119,12 @@ class Pidfile:
         can start while we hold it. Returns its descriptor and, if the file named a pid,
         that stale pid (0 for garbage), or ``None`` for a new file."""
         for _ in range(_LOCK_TRIES):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open_current()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                holder = _read_pid_at(fd)
                 os.close(fd)
-                holder = read_pid(self.path)
                 raise PidfileError(
                     f"The pidfile {self.path} is held by process "
                     f"{holder if holder is not None else '(unknown)'}, which is running: is "
@@ -115,9 +134,10 @@ class Pidfile:
                 os.close(fd)
                 raise
             # The holder we raced with may have replaced the file meanwhile: the lock
-            # counts only on the file the path names now.
+            # counts only on the file the path names now (lstat: a symbolic link put there
+            # since is not the file we hold, and the next try refuses it).
             try:
-                current = os.stat(self.path)
+                current = os.lstat(self.path)
             except FileNotFoundError:
                 os.close(fd)
                 continue
@@ -127,17 +147,40 @@ class Pidfile:
                 continue
             stale = None
             if mine.st_size:
-                stale = read_pid(self.path) or 0
+                stale = _read_pid_at(fd) or 0
             return fd, stale
         raise PidfileError(
             f"The pidfile {self.path} keeps changing; is another alligatord starting?"
         )
 
+    def _open_current(self) -> int:
+        """Opens (or creates) the file at the path; a symbolic link there is refused, never
+        followed: it can only be a mistake or a trap."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags, _MODE)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(self.path):
+                raise PidfileError(
+                    f"The pidfile {self.path} is a symbolic link, which alligatord does "
+                    f"not follow: remove it, or set pidfile to a path of its own."
+                ) from None
+            raise
+
     def _write_locked(self, pid: int) -> None:
         """Writes a new file beside the old, locks it, and renames it over the old one:
         a reader sees the old content or the new, whole, and the lock never lapses."""
         temporary = f"{self.path}.{pid}.tmp"
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(temporary, flags, _MODE)
+        except FileExistsError:
+            # We hold the pidfile's lock, so no other alligatord is writing this name:
+            # whatever is there was left by a crash, or planted. unlink removes a symbolic
+            # link itself, never its target; should something reappear, we give up.
+            log.warning("Removing %s, left in the way of the pidfile.", temporary)
+            os.unlink(temporary)
+            fd = os.open(temporary, flags, _MODE)
         self._fd = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,16 +196,28 @@ class Pidfile:
             raise
 
     def remove(self) -> None:
-        """Removes the file, if it still names this process, and releases the lock."""
+        """Removes the file, if it is still the one we hold and names this process, and
+        releases the lock."""
         if self.pid is None:
             return
-        if read_pid(self.path) == self.pid:
+        if self._holds_path() and _read_pid_at(self._fd) == self.pid:
             try:
                 os.unlink(self.path)
             except OSError as exc:
                 log.warning("Cannot remove the pidfile %s: %s", self.path, exc)
         self.pid = None
         self._close()
+
+    def _holds_path(self) -> bool:
+        """Whether the path still names the very file this process locked."""
+        if self._fd is None:
+            return False
+        try:
+            current = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fd)
+        return (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
 
     def _close(self) -> None:
         if self._fd is not None:
