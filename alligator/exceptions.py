@@ -28,6 +28,14 @@ class InvalidTaskError(AlligatorException):
     """A task's options or stored payload are not valid (e.g. a naive datetime, bad JSON)."""
 
 
+class TaskNotAllowed(InvalidTaskError):
+    """A payload names a function whose module the worker is not allowed to import."""
+
+
+class SignatureError(InvalidTaskError):
+    """A payload of a signed queue is unsigned, or its signature does not match."""
+
+
 class InvalidDSNError(AlligatorException):
     """A DSN is malformed, or names a scheme no backend handles."""
 

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from .allowlist import AllowedTasks
 from .backends import Client, DeadLetter, Reserved, client_class
 from .constants import ALL
 from .exceptions import BackendError, InvalidTaskError, SettleError, TaskNotFound
+from .signing import Signer
 from .tasks import TASK_ERRORS, Task
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ class Gator:
     :param queue_name: The queue this gator pushes to and pops from
     :param task_class: The ``Task`` class to build tasks with
     :param backend_class: A ``Client`` class to use instead of the one the DSN's scheme names
+    :param secret: Sign every task pushed, and run only tasks signed, with this secret (at
+        least 16 characters); a list of secrets is accepted for rotation: the first signs,
+        any verifies. See ``alligator.signing``.
     """
 
     def __init__(
@@ -50,11 +55,13 @@ class Gator:
         queue_name: str = ALL,
         task_class: type[Task] = Task,
         backend_class: type[Client] | None = None,
+        secret: str | list[str] | None = None,
     ) -> None:
         self.conn_string = conn_string
         self.queue_name = queue_name
         self.task_class = task_class
         self.backend_class = backend_class
+        self.signer = Signer(secret) if secret else None
         self.backend = self.build_backend(conn_string)
         # Tasks popped by this gator itself (pop/get) are held in flight under this id.
         self.consumer_id = new_consumer_id()
@@ -113,9 +120,20 @@ class Gator:
         if not task.is_async:
             return self.execute(task)
         task.task_id = self.backend.push(
-            self.queue_name, task.task_id, task.serialize(), task.delay_until
+            self.queue_name, task.task_id, self.payload(task), task.delay_until
         )
         return task
+
+    def payload(self, task: Task) -> str:
+        """
+        Returns what is stored for a task: its JSON, signed when the gator has a secret.
+
+        Ex::
+
+            data = gator.payload(task)
+        """
+        data = task.serialize()
+        return data if self.signer is None else self.signer.sign(data)
 
     def task(self, func: Any, *args: Any, **kwargs: Any) -> Task:
         """
@@ -220,7 +238,7 @@ class Gator:
         task.reserved_by = None
 
     def _retry_later(self, task: Task) -> None:
-        data = task.serialize()
+        data = self.payload(task)
         if task.reserved_by is None:
             task.task_id = self.backend.push(self.queue_name, task.task_id, data)
         else:
@@ -231,19 +249,24 @@ class Gator:
 
     def _bury(self, task: Task, error: str) -> None:
         self.backend.add_dead_letter(
-            self.queue_name, task.task_id, task.serialize(), error, consumer_id=task.reserved_by
+            self.queue_name, task.task_id, self.payload(task), error, consumer_id=task.reserved_by
         )
         task.reserved_by = None
 
     def reserve(
-        self, consumer_id: str, timeout: float = 0.0, poll_interval: float = 0.1
+        self,
+        consumer_id: str,
+        timeout: float = 0.0,
+        poll_interval: float = 0.1,
+        allowed: AllowedTasks | None = None,
     ) -> Task | None:
         """
         Takes the next task off the queue, held in flight for ``consumer_id``, without
         running it. Pass it to ``Gator.execute``, which acks it once it finished.
 
-        A payload that cannot be decoded or imported goes to the dead-letter store, and its
-        error is raised.
+        A payload that cannot be decoded, is not signed as the gator's secret requires, or
+        names a function that is not allowed goes to the dead-letter store, and its error
+        is raised.
 
         Ex::
 
@@ -254,26 +277,47 @@ class Gator:
         :param consumer_id: Who holds the task (see ``new_consumer_id``)
         :param timeout: Seconds to wait for a task to arrive
         :param poll_interval: Longest pause between looks, for backends that must poll
+        :param allowed: The modules whose functions may run (see ``AllowedTasks``)
         :returns: The reserved ``Task``, or ``None`` if the queue stayed empty
+        :raises InvalidTaskError: The payload went to the dead letters, for this reason
         """
-        reserved = self.backend.reserve(self.queue_name, consumer_id, timeout, poll_interval)
-        return None if reserved is None else self._decode(reserved, consumer_id)
+        reserved = self.take(consumer_id, timeout, poll_interval)
+        return None if reserved is None else self.decode(reserved, consumer_id, allowed)
 
-    def _decode(self, reserved: Reserved, consumer_id: str) -> Task:
+    def take(
+        self, consumer_id: str, timeout: float = 0.0, poll_interval: float = 0.1
+    ) -> Reserved | None:
+        """
+        Takes the next payload off the queue, held in flight for ``consumer_id``, without
+        looking inside it. ``Gator.decode`` turns it into a task.
+
+        Ex::
+
+            reserved = gator.take(consumer_id, timeout=1.0)
+
+        :returns: A ``Reserved`` (``task_id``, ``data``), or ``None`` if the queue stayed empty
+        """
+        return self.backend.reserve(self.queue_name, consumer_id, timeout, poll_interval)
+
+    def decode(
+        self, reserved: Reserved, consumer_id: str, allowed: AllowedTasks | None = None
+    ) -> Task:
+        """
+        Turns a payload taken off the queue into a task ready to run: checks its signature
+        (when the gator has a secret), decodes it and checks that its function may run
+        (before importing anything), then imports it. A payload that fails any of these
+        goes to the dead-letter store with the reason, which is raised.
+
+        Ex::
+
+            task = gator.decode(reserved, consumer_id, AllowedTasks(["myapp.tasks"]))
+
+        :raises InvalidTaskError: The payload went to the dead letters, for this reason
+        """
         try:
-            task = self.task_class.deserialize(reserved.data)
+            task = self._open(reserved.data, allowed)
         except Exception as exc:  # whatever the payload is, it must not stop a worker
-            self._settle(
-                reserved.task_id,
-                partial(
-                    self.backend.add_dead_letter,
-                    self.queue_name,
-                    reserved.task_id,
-                    reserved.data,
-                    str(exc),
-                    consumer_id,
-                ),
-            )
+            self.refuse(reserved, consumer_id, str(exc))
             raise InvalidTaskError(
                 f"Task {reserved.task_id} in queue {self.queue_name!r} cannot be run and was "
                 f"moved to the dead-letter store: {exc}"
@@ -281,6 +325,33 @@ class Gator:
         task.task_id = reserved.task_id
         task.reserved_by = consumer_id
         return task
+
+    def _open(self, data: str, allowed: AllowedTasks | None) -> Task:
+        if self.signer is not None:
+            data = self.signer.verify(data)
+        return self.task_class.deserialize(data, allowed)
+
+    def refuse(self, reserved: Reserved, consumer_id: str, reason: str) -> None:
+        """
+        Moves a payload taken off the queue to the dead-letter store as it was, unopened.
+
+        Ex::
+
+            gator.refuse(reserved, consumer_id, "It killed 3 workers.")
+
+        :raises SettleError: The backend could not store it; ``settle()`` tries again
+        """
+        self._settle(
+            reserved.task_id,
+            partial(
+                self.backend.add_dead_letter,
+                self.queue_name,
+                reserved.task_id,
+                reserved.data,
+                reason,
+                consumer_id,
+            ),
+        )
 
     def pop(self) -> Task | None:
         """
@@ -323,7 +394,7 @@ class Gator:
         reserved = self.backend.get(self.queue_name, task_id, self.consumer_id)
         if reserved is None:
             raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
-        task = self._decode(reserved, self.consumer_id)
+        task = self.decode(reserved, self.consumer_id)
         with LeaseKeeper(self, self.consumer_id):
             return self.execute(task)
 
@@ -347,7 +418,7 @@ class Gator:
         if data is None:
             raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
         try:
-            task = self.task_class.deserialize(data)
+            task = self._open(data, None)
         except Exception as exc:
             # Canceled all the same; its payload is kept where a person can look at it.
             reason = f"Canceled, but its payload cannot be decoded: {exc}"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from .allowlist import AllowedTasks
 from .constants import CANCELED, DELAYED, FAILED, RETRYING, SUCCESS, WAITING
 from .exceptions import InvalidTaskError
 from .utils import dotted_path, resolve_path
@@ -81,6 +82,8 @@ class Task:
         self.func_kwargs: dict = {}
         # The consumer holding this task in flight, when it came off a queue.
         self.reserved_by: str | None = None
+        # The allowlist a task from a queue was decoded under; its hooks must pass it too.
+        self.allowed: AllowedTasks | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.task_id} {self.func_path or '(no callable)'}>"
@@ -181,7 +184,9 @@ class Task:
         if hook is None:
             return
         if isinstance(hook, str):
-            hook = resolve_path(hook)
+            path, hook = hook, resolve_path(hook)
+            if self.allowed is not None:
+                self.allowed.check_function(hook, path, f"{name} hook")
         hook(*args)
 
     def _call_outcome_hook(self, name: str, outcome: Any) -> None:
@@ -232,7 +237,7 @@ class Task:
             ) from exc
 
     @classmethod
-    def deserialize(cls, data: str) -> "Task":
+    def deserialize(cls, data: str, allowed: AllowedTasks | None = None) -> "Task":
         """
         Given some data from the queue, deserializes it into a ``Task`` instance.
 
@@ -240,17 +245,34 @@ class Task:
         JSON-serialized dictionary). Required keys are ``task_id``, ``retries`` & ``async``
         (``is_async`` is read too).
 
+        The module of the task's function, and of each of its hooks, must be allowed by
+        ``allowed``: that is checked before anything is imported.
+
         Ex::
 
-            task = Task.deserialize(data)
+            task = Task.deserialize(data, AllowedTasks(["myapp.tasks"]))
 
         :param data: A JSON-serialized string of the task data
+        :param allowed: The modules whose functions may run; without it, any module but
+            those of the standard library, builtins and Alligator
         :returns: A populated task
+        :raises InvalidTaskError: When the payload cannot be decoded, names a function or hook
+            that is not allowed (``TaskNotAllowed``), or cannot be imported
         """
+        if allowed is None:
+            allowed = AllowedTasks()
+        if not isinstance(data, str):
+            raise InvalidTaskError(f"Task payload is {type(data).__name__}, not text.")
+        if not data.isascii():
+            try:
+                data.encode("utf-8")
+            except UnicodeEncodeError:
+                # A backend hands over bytes that are not UTF-8 as lone surrogates.
+                raise InvalidTaskError("Task payload is not valid UTF-8.") from None
         try:
             fields = json.loads(data)
-        except (TypeError, ValueError) as exc:
-            raise InvalidTaskError(f"Task payload is not valid JSON: {exc}.") from exc
+        except (ValueError, RecursionError) as exc:
+            raise InvalidTaskError(f"Task payload is not valid JSON: {exc}.") from None
         if not isinstance(fields, dict):
             raise InvalidTaskError("Task payload is not a JSON object.")
         if "async" in fields:
@@ -259,20 +281,33 @@ class Task:
         missing += [key for key in ("module", "callable") if not fields.get(key)]
         if missing:
             raise InvalidTaskError(f"Task payload lacks {', '.join(missing)}.")
+        if not isinstance(fields["module"], str) or not isinstance(fields["callable"], str):
+            raise InvalidTaskError("Task payload's module and callable must be strings.")
+        path = f"{fields['module']}.{fields['callable']}"
+        allowed.check(path)
+        hooks = {hook: fields.get(hook) for hook in HOOKS}
+        for hook, hook_path in hooks.items():
+            if hook_path is not None:
+                if not isinstance(hook_path, str):
+                    raise InvalidTaskError(f"Task payload's {hook} must be a dotted path.")
+                allowed.check(hook_path, f"{hook} hook")
         task = cls(
             task_id=fields["task_id"],
             retries=fields["retries"],
             is_async=fields["is_async"],
             depends_on=fields.get("depends_on"),
             delay_until=fields.get("delay_until"),
-            **{hook: fields.get(hook) for hook in HOOKS},
+            **hooks,
         )
+        task.allowed = allowed
         if "status" in fields:
             task.status = fields["status"]
         args, kwargs = fields.get("args", []), fields.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InvalidTaskError(f"Task {task.task_id} has malformed args or kwargs.")
-        task.to_call(resolve_path(f"{fields['module']}.{fields['callable']}"), *args, **kwargs)
+        func = resolve_path(path)
+        allowed.check_function(func, path)
+        task.to_call(func, *args, **kwargs)
         return task
 
 

@@ -53,6 +53,10 @@ def import_module(module_name: str) -> ModuleType:
     """
     try:
         return importlib.import_module(module_name)
+    except SystemExit as exc:  # a module that exits at import must not end its importer
+        raise UnknownModuleError(
+            f"Could not import module {module_name!r}: it called sys.exit({exc.code!r}) at import"
+        ) from exc
     except Exception as exc:  # a module can fail at import with anything, not just ImportError
         raise UnknownModuleError(
             f"Could not import module {module_name!r}: {type(exc).__name__}: {exc}"

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .allowlist import AllowedTasks
+from .backends import Reserved
 from .constants import SUCCESS
 from .exceptions import AlligatorException, BackendError, InvalidTaskError, SettleError
 from .gator import Gator, LeaseKeeper, new_consumer_id
@@ -39,6 +41,11 @@ class Worker:
         must poll (SQLite); backends that block on the server do not nap
     :param consumer_id: The id the worker's in-flight tasks are held under; a new unique
         id when omitted (a supervisor passes its own, to requeue a dead worker's task)
+    :param allowed_tasks: The modules whose functions the worker may run, e.g.
+        ``["myapp.tasks", "myapp.billing.*"]`` (see ``AllowedTasks``); they are imported
+        before the first task. A task outside the list goes to the dead letters unimported.
+        Without a list, any function but those of the standard library, builtins and
+        Alligator may run.
     """
 
     #: Whether a second SIGTERM/SIGINT stops ``run_forever`` at once. A supervisor that
@@ -52,6 +59,7 @@ class Worker:
         to_consume: str | None = None,
         nap_time: float = 0.1,
         consumer_id: str | None = None,
+        allowed_tasks: AllowedTasks | list[str] | None = None,
     ) -> None:
         if isinstance(nap_time, bool) or not isinstance(nap_time, int | float) or nap_time <= 0:
             raise AlligatorException(
@@ -65,7 +73,12 @@ class Worker:
         self.to_consume = gator.queue_name
         self.nap_time = nap_time
         self.consumer_id = consumer_id or new_consumer_id()
+        if not isinstance(allowed_tasks, AllowedTasks):
+            allowed_tasks = AllowedTasks(allowed_tasks)
+        self.allowed_tasks = allowed_tasks
         self.tasks_complete = 0
+        # Set once a first call to the backend succeeded: see ``ready``.
+        self.is_ready = False
         # Cleared by stop() or a signal; never set again, so a stop asked for before
         # run_forever started (e.g. from another thread) is not lost.
         self.keep_running = True
@@ -101,6 +114,23 @@ class Worker:
         """
         print(result, flush=True)
 
+    def ready(self) -> None:
+        """Called once the worker has imported its allowed task modules and its first call to
+        the backend succeeded; override it to report that the worker is up."""
+
+    def screen(self, reserved: Reserved) -> str | None:
+        """
+        Called with each payload as it comes off the queue, before anything is decoded or
+        imported. Returns a reason to move it to the dead letters unopened, or ``None`` to
+        run it; override it to refuse tasks by what only you know.
+
+        Ex::
+
+            def screen(self, reserved):
+                return "Blocked by the operator." if reserved.task_id in BLOCKED else None
+        """
+        return None
+
     def running(self, task: Task) -> None:
         """Called with each task just before it runs; override it to report progress."""
 
@@ -123,6 +153,7 @@ class Worker:
         self.starting()
         restore_signals = self._install_signal_handlers()
         try:
+            self.allowed_tasks.import_modules()
             with LeaseKeeper(self.gator, self.consumer_id):
                 self._loop()
         except _StopNow as stop:
@@ -174,13 +205,18 @@ class Worker:
         return bool(self.max_tasks) and self.tasks_complete >= self.max_tasks
 
     def _consume_one(self) -> None:
-        try:
-            task = self.gator.reserve(self.consumer_id, RESERVE_TIMEOUT, self.nap_time)
-        except InvalidTaskError as exc:  # an undecodable payload, already dead-lettered
-            self.tasks_complete += 1
-            log.error("%s", exc)
+        # The first look does not wait, so that a worker says it is ready at once.
+        timeout = RESERVE_TIMEOUT if self.is_ready else 0.0
+        reserved = self.gator.take(self.consumer_id, timeout, self.nap_time)
+        if not self.is_ready:
+            self.is_ready = True
+            self.ready()
+        if reserved is None:
+            self.idle()
             return
+        task = self._accept(reserved)
         if task is None:
+            self.tasks_complete += 1
             self.idle()
             return
         self.running(task)
@@ -196,6 +232,24 @@ class Worker:
         finally:
             self.tasks_complete += 1
             self.idle()
+
+    def _accept(self, reserved: Reserved) -> Task | None:
+        """The task to run, or ``None`` once a payload that must not run was dead-lettered."""
+        reason = self.screen(reserved)
+        if reason is not None:
+            log.error(
+                "Task %s in queue %r was moved to the dead-letter store unopened: %s",
+                reserved.task_id,
+                self.to_consume,
+                reason,
+            )
+            self.gator.refuse(reserved, self.consumer_id, reason)
+            return None
+        try:
+            return self.gator.decode(reserved, self.consumer_id, self.allowed_tasks)
+        except InvalidTaskError as exc:  # already in the dead letters
+            log.error("%s", exc)
+            return None
 
     def _nap(self, seconds: float) -> None:
         # Short slices, so a stop request ends the pause early.

@@ -17,7 +17,6 @@ what did.
 """
 
 import argparse
-import math
 import sqlite3
 import tempfile
 import time
@@ -25,12 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alligator import Gator, Task
+from benchmarks.tasks import noop
 
 
 def payload(number: int) -> str:
     """What a push of the benchmark's task stores."""
     task = Task()
-    task.to_call(math.fabs, number)
+    task.to_call(noop, number)
     return task.serialize()
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="alligator-bench-") as tmp:
         gator = Gator(f"sqlite:///{tmp}/gator.db", queue_name="bench")
         pushed, push_time = timed(
-            lambda n: gator.task(math.fabs, n) is not None, args.tasks, args.seconds
+            lambda n: gator.task(noop, n) is not None, args.tasks, args.seconds
         )
         popped, pop_time = timed(lambda n: gator.pop() is not None, pushed, args.seconds)
 
