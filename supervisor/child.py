@@ -1,6 +1,7 @@
 """
-A worker's life after ``fork``: signals, title, the ``Worker`` loop, and its reports to
-the master (see ``supervisor.reports`` for what they say).
+A worker's life after ``fork``: signals, title, the ``Worker`` loop, its board (what it
+holds, in memory the master reads: ``supervisor.board``) and its reports to the master
+(``supervisor.reports``).
 
 Guarantees:
 
@@ -10,6 +11,10 @@ Guarantees:
   ``systemctl kill`` or as its parent-death signal, stops it gracefully: it finishes the
   task in hand and takes no other. Stopping it sooner is the master's call, with SIGKILL
   once ``graceful_timeout`` ran out.
+- The master knows which task a worker holds from the moment the worker reserved it, before
+  anything of it is decoded or imported: a worker killed by a task, however early, counts
+  against that task, and a worker refuses, unopened, a task that killed
+  ``DEATHS_PER_TASK`` workers.
 - If the master dies, a worker notices at once on Linux (parent-death signal: SIGTERM) and
   within half a second anywhere (it watches its parent pid); it finishes its task, or
   abandons it after ``graceful_timeout`` seconds, and exits. An abandoned task returns to
@@ -23,18 +28,27 @@ import reprlib
 import signal
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 import setproctitle
 
+from alligator.backends import Reserved
 from alligator.gator import Gator
 from alligator.tasks import Task
 from alligator.workers import Worker
 
 from . import logs
+from .board import (
+    BURY_PAYLOAD,
+    DEATHS_PER_TASK,
+    NO_PAYLOAD,
+    RETRY_PAYLOAD,
+    Board,
+    DeathTable,
+    task_digest,
+)
 from .config import WorkerSettings
-from .reports import MAX_REPORT_BYTES, Idle, Report, Running
+from .reports import Leaving, Ready, Refused, Report
 from .systemd import SYSTEMD_VARIABLES, set_parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -57,7 +71,7 @@ class Reporter:
 
     Ex::
 
-        Reporter(write_fd).send(Idle())
+        Reporter(write_fd).send(Ready())
     """
 
     def __init__(self, fd: int) -> None:
@@ -68,13 +82,6 @@ class Reporter:
         if self.broken:
             return
         data = report.encode()
-        if len(data) > MAX_REPORT_BYTES and isinstance(report, Running):
-            log.warning(
-                "Task %s: its payload is too large to hand to the master; should this worker "
-                "die while running it, it returns to its queue with its retries unchanged.",
-                report.task_id,
-            )
-            data = report.without_payloads().encode()
         try:
             while data:
                 data = data[os.write(self.fd, data) :]
@@ -84,12 +91,13 @@ class Reporter:
 
 class SupervisedWorker(Worker):
     """
-    A ``Worker`` that sets its process title, reports each task to the master, and takes
-    every SIGTERM as a request to stop after the task in hand.
+    A ``Worker`` that keeps its board and process title up to date, reports its life to
+    the master, refuses tasks that killed workers, and takes every SIGTERM as a request to
+    stop after the task in hand.
 
     Ex::
 
-        worker = SupervisedWorker(gator, settings, consumer_id, Reporter(fd))
+        worker = SupervisedWorker(gator, settings, consumer_id, Reporter(fd), board, deaths)
         worker.run_forever()
     """
 
@@ -99,13 +107,25 @@ class SupervisedWorker(Worker):
     second_signal_stops_now = False
 
     def __init__(
-        self, gator: Gator, settings: WorkerSettings, consumer_id: str, reporter: Reporter
+        self,
+        gator: Gator,
+        settings: WorkerSettings,
+        consumer_id: str,
+        reporter: Reporter,
+        board: Board,
+        deaths: DeathTable,
     ) -> None:
         super().__init__(
-            gator, max_tasks=settings.max_tasks, to_consume=settings.queue, consumer_id=consumer_id
+            gator,
+            max_tasks=settings.max_tasks,
+            to_consume=settings.queue,
+            consumer_id=consumer_id,
+            allowed_tasks=settings.tasks,
         )
         self.settings = settings
         self.reporter = reporter
+        self.board = board
+        self.deaths = deaths
         self._title = ""
         self._busy = False
         self._task: Task | None = None
@@ -119,6 +139,9 @@ class SupervisedWorker(Worker):
 
     def starting(self) -> None:
         log.info("Worker started; consumer id %s.", self.consumer_id)
+
+    def ready(self) -> None:
+        self.reporter.send(Ready())
 
     def stopping(self) -> None:
         self.set_title("stopping")
@@ -134,19 +157,56 @@ class SupervisedWorker(Worker):
                 reprlib.repr(result),
             )
 
-    def running(self, task: Task) -> None:
+    def screen(self, reserved: Reserved) -> str | None:
         self._between_tasks()
-        self._task, self._task_started, self._busy = task, time.monotonic(), True
+        digest = task_digest(self.settings.queue, reserved.task_id)
+        self.board.hold(digest, reserved.task_id)
+        self._busy = True
+        if self.max_tasks and self.tasks_complete + 1 >= self.max_tasks:
+            self.reporter.send(Leaving())
+        deaths, last = self.deaths.lookup(digest)
+        how = f"the last: {last}"
+        if deaths and self.gator.backend.server_requeues_dead_consumers:
+            # Such a server hands a dead worker's task out again at once, maybe before the
+            # master counted that death: its own count has the last word.
+            abandoned = self.gator.backend.abandoned(self.settings.queue, reserved.task_id)
+            if abandoned is not None and abandoned > deaths:
+                deaths, how = abandoned, "as its server counts them: taken, never settled"
+        if deaths < DEATHS_PER_TASK:
+            return None
+        self.reporter.send(Refused(digest))
+        return (
+            f"It killed {deaths} alligatord workers that took it ({how}), so it was not run again."
+        )
+
+    def running(self, task: Task) -> None:
+        self._task, self._task_started = task, time.monotonic()
         self.set_title(f"running {task.func_path}")
-        last = bool(self.max_tasks) and self.tasks_complete + 1 >= self.max_tasks
-        report = Running(task.task_id, task.func_path or "", self._task_started, last)
-        self.reporter.send(_with_outcome_if_worker_dies(report, task))
+        func = task.func_path or ""
+        if self.settings.timeout:
+            self.board.run(func, *self._payload_if_killed(task))
+        else:
+            self.board.run(func)
+
+    def _payload_if_killed(self, task: Task) -> tuple[str | None, int]:
+        """What the master stores if a timeout kills this run, which then counts as a failed
+        attempt: the payload with one retry fewer, or the one for the dead letters."""
+        try:
+            if task.retries > 0:
+                attempt = copy.copy(task)
+                attempt.retries -= 1
+                attempt.to_retrying()
+                return self.gator.payload(attempt), RETRY_PAYLOAD
+            return self.gator.payload(task), BURY_PAYLOAD
+        except Exception as exc:  # the master then counts a worker death instead
+            log.warning("Cannot prepare task %s for a failed run: %s", task.task_id, exc)
+            return None, NO_PAYLOAD
 
     def idle(self) -> None:
         self._between_tasks()
         if self._busy:
             self._busy = False
-            self.reporter.send(Idle())
+            self.board.idle()
         self.set_title("idle")
 
     def _between_tasks(self) -> None:
@@ -156,21 +216,6 @@ class SupervisedWorker(Worker):
             logs.reopen()
         if self.reporter.broken:
             self.stop()
-
-
-def _with_outcome_if_worker_dies(report: Running, task: Task) -> Running:
-    """Adds what the master writes to the backend if this worker's death must count as a
-    failed attempt of the task (a timeout kill, or the last death a task may cause)."""
-    try:
-        if task.retries > 0:
-            attempt = copy.copy(task)
-            attempt.retries -= 1
-            attempt.to_retrying()
-            return replace(report, retry_data=attempt.serialize())
-        return replace(report, bury_data=task.serialize())
-    except Exception as exc:  # the master then simply requeues it
-        log.warning("Cannot prepare task %s for a failed run: %s", task.task_id, exc)
-        return report
 
 
 class ParentWatch(threading.Thread):
@@ -216,7 +261,7 @@ def prepare_process(
     Ex::
 
         if prepare_process(master_pid, [wakeup_r, wakeup_w], HANDLED_SIGNALS):
-            status = run(settings, consumer_id, write_fd, master_pid, graceful=30.0)
+            status = run(settings, consumer_id, write_fd, master_pid, 30.0, board, deaths)
 
     :returns: ``False`` if the master died already
     """
@@ -243,19 +288,26 @@ def prepare_process(
 
 
 def run(
-    settings: WorkerSettings, consumer_id: str, report_fd: int, master_pid: int, graceful: float
+    settings: WorkerSettings,
+    consumer_id: str,
+    report_fd: int,
+    master_pid: int,
+    graceful: float,
+    board: Board,
+    deaths: DeathTable,
 ) -> int:
     """
     Runs the worker loop on one queue until asked to stop; returns the exit status.
 
     Ex::
 
-        status = run(settings, consumer_id, write_fd, master_pid, graceful=30.0)
+        status = run(settings, consumer_id, write_fd, master_pid, 30.0, board, deaths)
     """
     logs.set_queue(settings.queue)
     setproctitle.setproctitle(f"alligatord: worker [{settings.queue}] starting")
-    gator = Gator(settings.dsn, queue_name=settings.queue)
-    worker = SupervisedWorker(gator, settings, consumer_id, Reporter(report_fd))
+    gator = Gator(settings.dsn, queue_name=settings.queue, secret=list(settings.secrets))
+    reporter = Reporter(report_fd)
+    worker = SupervisedWorker(gator, settings, consumer_id, reporter, board, deaths)
     watch = ParentWatch(worker, master_pid, graceful)
     watch.start()
     try:

@@ -4,8 +4,8 @@ terminal.
 
 Exit statuses: 0 after a stop; 1 when ``--check`` finds a problem, or when the master
 failed unexpectedly (it kills its workers and requeues their tasks first); 2 when the
-daemon refuses to start (a bad configuration, a preload module that fails to import, a
-pidfile held by a running alligatord).
+daemon refuses to start (a bad configuration, a preload or tasks module that fails to
+import, a pidfile held by a running alligatord).
 """
 
 import argparse
@@ -16,8 +16,9 @@ import sys
 from alligator import __version__
 
 from . import logs
-from .config import MAIN_SECTION, Config, ConfigError, check_dsns, load
+from .config import MAIN_SECTION, Config, ConfigError
 from .pidfile import Pidfile, PidfileError
+from .preflight import use_pythonpath, validate
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="validate the file and import its preload modules, then exit 0 (valid) or 1",
+        help="validate the file as a start would (backends, directories, and the preload and "
+        "tasks modules, imported in a process of their own), then exit 0 (valid) or 1",
     )
     parser.add_argument(
         "--log-level",
@@ -48,20 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(config: Config) -> list[str]:
+def prepare(config: Config) -> None:
     """
-    Puts ``pythonpath`` on ``sys.path`` and imports the ``preload`` modules.
+    Gives the master the workers' ``sys.path`` (``pythonpath`` first) and imports the
+    ``preload`` modules, which every worker then shares. ``preflight.validate`` already
+    imported them once, in a process of its own.
 
     Ex::
 
-        warnings = prepare(load('etc/alligator.ini'))
+        prepare(config)
 
-    :returns: Warnings about backends that cannot be reached now
-    :raises ConfigError: When a DSN is refused, or a preload module fails to import
+    :raises ConfigError: When a preload module fails to import here after all
     """
-    for entry in reversed(config.pythonpath):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    use_pythonpath(config)
     for module in config.preload:
         try:
             importlib.import_module(module)
@@ -70,7 +71,6 @@ def prepare(config: Config) -> list[str]:
                 f"{config.path}, section [{MAIN_SECTION}], key preload: cannot import "
                 f"{module} ({type(exc).__name__}: {exc})."
             ) from exc
-    return check_dsns(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        config = load(args.config)
-        warnings = prepare(config)
+        config, warnings = validate(args.config, args.pidfile)
+        if not args.check:
+            prepare(config)
     except Exception as exc:  # a ConfigError says it all; anything else gets its name
         problem = (
             exc if isinstance(exc, ConfigError) else f"{args.config}: {type(exc).__name__}: {exc}"
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     for warning in warnings:
         log.warning("%s", warning)
-    pidfile_path = args.pidfile or config.pidfile
-    pidfile = Pidfile(pidfile_path) if pidfile_path else None
+    pidfile = Pidfile(config.pidfile) if config.pidfile else None
     if pidfile is not None:
         try:
             pidfile.create()
@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     private_fds = () if pidfile is None else (pidfile.fileno(),)
     try:
-        return Master(config, args.config, args.log_level, private_fds=private_fds).run()
+        master = Master(
+            config, args.config, args.log_level, private_fds=private_fds, pidfile=args.pidfile
+        )
+        return master.run()
     except MasterFailed:
         return 1  # logged, its workers killed and their tasks requeued
     except Exception:

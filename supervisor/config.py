@@ -3,8 +3,10 @@ alligatord's configuration: an INI file read with configparser, validated into i
 settings.
 
 Every problem a user can cause is a ``ConfigError`` whose message is one sentence naming
-the file, the section and the key. The same ``load`` runs at start, for ``--check`` and on
-every reload, so a file that starts also reloads, and a file that fails is refused whole.
+the file, the section and the key. ``load`` judges the file itself; ``supervisor.preflight``
+adds what only the machine can tell (backends, directories, imports), and both run at
+start, for ``--check`` and on every reload, so a file that starts also reloads, and a file
+that fails is refused whole.
 
 Relative paths in ``pythonpath``, ``pidfile`` and ``log_file`` are read from the file's
 directory; a DSN is the backend's business (``sqlite:///queue.db`` is relative to the
@@ -18,8 +20,10 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
+from alligator.allowlist import AllowedTasks, split_list
 from alligator.backends import BACKENDS, client_class, dsn_scheme, redact_dsn
-from alligator.exceptions import AlligatorException, BackendError, InvalidDSNError
+from alligator.exceptions import AlligatorException, InvalidDSNError
+from alligator.signing import Signer
 
 #: The section of the daemon's own settings.
 MAIN_SECTION = "alligatord"
@@ -34,8 +38,10 @@ MAIN_KEYS = (
     "pidfile",
     "preload",
     "pythonpath",
+    "secret",
+    "tasks",
 )
-QUEUE_KEYS = ("workers", "dsn", "max_tasks", "max_memory", "timeout")
+QUEUE_KEYS = ("workers", "dsn", "max_tasks", "max_memory", "timeout", "secret", "tasks")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
@@ -65,7 +71,7 @@ class WorkerSettings:
     Ex::
 
         WorkerSettings('emails', 'sqlite:///queue.db', max_tasks=1000, max_memory=0,
-                       timeout=300.0)
+                       timeout=300.0, tasks=('myapp.tasks',))
     """
 
     queue: str
@@ -73,6 +79,15 @@ class WorkerSettings:
     max_tasks: int = 0
     max_memory: int = 0  # bytes of USS (the memory a worker alone holds); 0 = no limit
     timeout: float = 0.0  # seconds one task may run; 0 = no limit
+    tasks: tuple[str, ...] | None = None  # the allowed task modules; None: the default
+    secrets: tuple[str, ...] = ()  # a signed queue's secrets, the first of which signs
+
+    def __repr__(self) -> str:  # never the secrets, in a log or a traceback
+        shown = ", ".join(
+            f"{name}={'***' if name == 'secrets' and value else value!r}"
+            for name, value in self.__dict__.items()
+        )
+        return f"WorkerSettings({shown})"
 
 
 @dataclass(frozen=True)
@@ -192,6 +207,26 @@ class _Section:
             self.fail(key, f"expected one of {', '.join(choices)}, got {raw!r}")
         return raw.lower()
 
+    def task_list(self, key: str) -> tuple[str, ...] | None:
+        raw = self.raw(key)
+        if raw is None:
+            return None
+        try:
+            return AllowedTasks(split_list(raw)).patterns
+        except AlligatorException as exc:
+            self.fail(key, sentence(str(exc))[:-1])
+
+    def secrets(self, key: str) -> tuple[str, ...] | None:
+        raw = self.raw(key)
+        if raw is None:
+            return None
+        secrets = tuple(split_list(raw))
+        try:
+            Signer(secrets)
+        except AlligatorException as exc:
+            self.fail(key, sentence(str(exc))[:-1])
+        return secrets
+
     def path_value(self, key: str) -> str | None:
         raw = self.raw(key)
         return None if raw is None else _beside(self.path, raw)
@@ -203,7 +238,10 @@ class _Section:
         try:
             scheme = dsn_scheme(raw)
         except InvalidDSNError:
-            self.fail(key, f"{raw!r} is not a DSN; expected scheme://…, e.g. sqlite:///queue.db")
+            self.fail(
+                key,
+                f"{shown_dsn(raw)!r} is not a DSN; expected scheme://…, e.g. sqlite:///queue.db",
+            )
         if scheme == "locmem":
             self.fail(
                 key,
@@ -236,9 +274,7 @@ def _beside(config_path: str, path: str) -> str:
 
 def _words(raw: str | None) -> list[str]:
     """Splits a list value written with commas, spaces or one item a line."""
-    if raw is None:
-        return []
-    return [word for word in re.split(r"[\s,]+", raw) if word]
+    return [] if raw is None else split_list(raw)
 
 
 def parse_size(text: str) -> int:
@@ -332,6 +368,8 @@ def load(path: str) -> Config:
     for entry in pythonpath:
         if not os.path.isdir(entry):
             main.fail("pythonpath", f"the directory {entry} does not exist")
+    tasks = main.task_list("tasks")
+    secrets = main.secrets("secret") or ()
 
     queues = []
     sections_of: dict[str, str] = {}  # queue name -> the section that configures it
@@ -362,6 +400,8 @@ def load(path: str) -> Config:
             max_tasks=section.whole_number("max_tasks", 0),
             max_memory=section.size("max_memory", MIN_MAX_MEMORY),
             timeout=section.seconds("timeout", 0.0),
+            tasks=section.task_list("tasks") or tasks,
+            secrets=section.secrets("secret") or secrets,
         )
         workers = section.whole_number("workers", DEFAULT_WORKERS, most=MAX_WORKERS)
         queues.append(QueueConfig(queue_name, workers, settings))
@@ -384,57 +424,15 @@ def load(path: str) -> Config:
     )
 
 
-def check_dsns(config: Config) -> list[str]:
-    """
-    Builds (and closes) one backend client per DSN, to catch what only the backend can
-    judge: its options, a SQLite file's missing directory.
-
-    A backend that cannot be reached now is no configuration error: it is returned as a
-    warning, and workers keep retrying it once started. Anything else a backend raises
-    about its DSN is a ``ConfigError``.
-
-    Ex::
-
-        for warning in check_dsns(config):
-            print(warning)
-
-    :returns: Warnings, one sentence each
-    :raises ConfigError: When a DSN is refused by its backend
-    """
-    warnings = []
-    seen: set[str] = set()
-    for queue in config.queues:
-        dsn = queue.settings.dsn
-        if dsn in seen:
-            continue
-        seen.add(dsn)
-        section = f"[queue:{queue.name}]" if dsn != config.dsn else f"[{MAIN_SECTION}]"
-        where = f"{config.path}, section {section}, key dsn"
-        try:
-            client = client_class(dsn)(dsn)
-        except BackendError as exc:
-            warnings.append(f"The backend of {_shown(dsn)} cannot be reached now: {exc}")
-            continue
-        except AlligatorException as exc:
-            raise ConfigError(f"{where}: {_sentence(str(exc))}") from exc
-        except Exception as exc:  # a backend's own parser may raise anything on a bad DSN
-            raise ConfigError(
-                f"{where}: {_shown(dsn)} is refused by its backend "
-                f"({type(exc).__name__}: {_sentence(str(exc))[:-1]})."
-            ) from exc
-        client.close()
-    return warnings
-
-
-def _shown(dsn: str) -> str:
-    """The DSN with its password masked; never raises, whatever the DSN."""
+def shown_dsn(dsn: str) -> str:
+    """The DSN with its password masked, for messages; never raises, whatever the DSN."""
     try:
         return redact_dsn(dsn)
     except Exception:
         return f"{dsn.split('://', 1)[0]}://…"
 
 
-def _sentence(text: str) -> str:
+def sentence(text: str) -> str:
     """One line ending with a full stop, whatever an exception's message looked like."""
     text = " ".join(text.split()) or "no reason given"
     return text if text.endswith(".") else f"{text}."

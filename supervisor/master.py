@@ -8,16 +8,23 @@ queue to the workers its configuration asks for.
 
 Each worker lives in a *slot*, whose state follows Supervisor's names::
 
-    EXITED ──spawn──> STARTING ──up for 1 s──> RUNNING ──died──> EXITED (respawned at once)
-                         │  ▲                     │
-            died in 1 s  │  │ backoff over        │ retired (stop, reload, recycle)
-                         ▼  │                     ▼
-                       BACKOFF               STOPPING ──exited──> EXITED (slot removed)
+    EXITED ──spawn──> STARTING ──reported ready──> RUNNING ──died──> EXITED (respawned at once)
+                         │  ▲                         │  │
+              died first │  │ backoff over            │  └─died, crashes in a burst──> BACKOFF
+                         ▼  │                         │ retired (stop, reload, recycle)
+                       BACKOFF                        ▼
+                                              STOPPING ──exited──> EXITED (slot removed)
 
-A worker that dies within a second of starting is a failed start: its slot waits 1, 2,
-4 … 60 seconds before the next try, and a worker that stays up resets the count. The
-master never runs tasks and never holds a backend connection across a fork: it builds a
-client only to requeue a reaped worker's task, and closes it at once.
+A worker is ready once it imported its task modules and its backend answered. One that dies
+before that failed to start: its slot waits 1, 2, 4 … 60 seconds before the next try, and a
+worker that gets ready resets the count. One that dies after is a crash, replaced at once;
+only when a queue's workers crash more than ``CRASH_BURST`` times in ``CRASH_WINDOW``
+seconds does each replacement wait ``CRASH_PAUSE``. The master knows from a worker's board
+which task it held (from the moment it was reserved), counts the deaths of each task, and
+publishes the count in the death table, where the next worker to take a task that killed
+``DEATHS_PER_TASK`` moves it to the dead letters unopened. The master never runs tasks and
+never holds a backend connection across a fork: it builds a client only to requeue a reaped
+worker's task, and closes it at once.
 """
 
 import enum
@@ -26,32 +33,33 @@ import os
 import select
 import signal
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import setproctitle
 
-from alligator.backends import Client, client_class, redact_dsn
+from alligator.backends import client_class
 from alligator.gator import new_consumer_id
 
 from . import child, logs
-from .config import Config, QueueConfig, WorkerSettings, check_dsns, load
-from .reports import Report, ReportError, ReportReader, Running
+from .board import DEATHS_PER_TASK, Board, DeathTable, Held
+from .config import Config, QueueConfig, WorkerSettings
+from .preflight import use_pythonpath, validate
+from .reports import Leaving, Ready, Refused, Report, ReportError, ReportReader
+from .requeue import Requeue, requeue_tasks
 from .systemd import Notifier, monotonic_usec
 
 log = logging.getLogger(__name__)
 
-#: A worker that dies sooner than this after its fork failed to start.
-STARTUP_SECONDS = 1.0
 #: Pauses before the next try after failed starts: 1, 2, 4 … up to this.
 BACKOFF_MAX = 60.0
-#: A task whose runs killed this many workers goes to the dead letters instead of running
-#: again, so that one poison task cannot keep a queue's workers dying.
-WORKER_DEATHS_PER_TASK = 3
-#: How many tasks' worker deaths the master remembers (the most recent ones).
-REMEMBERED_TASK_DEATHS = 1000
+#: More crashes than this within ``CRASH_WINDOW`` seconds, in one queue, make a burst:
+#: each replacement then waits ``CRASH_PAUSE`` seconds, so that a crash loop cannot spin.
+CRASH_BURST = 10
+CRASH_WINDOW = 10.0
+CRASH_PAUSE = 1.0
 #: Seconds between two memory checks of workers whose queue sets ``max_memory``.
 MEMORY_CHECK_INTERVAL = 2.0
 #: The longest the loop sleeps without a reason to wake.
@@ -94,6 +102,7 @@ TRANSITIONS: dict[tuple[State, State], int] = {
     (State.STARTING, State.STOPPING): logging.INFO,
     (State.RUNNING, State.STOPPING): logging.INFO,
     (State.RUNNING, State.EXITED): logging.WARNING,
+    (State.RUNNING, State.BACKOFF): logging.WARNING,
     (State.BACKOFF, State.STARTING): logging.INFO,
     (State.BACKOFF, State.EXITED): logging.INFO,
     (State.STOPPING, State.EXITED): logging.INFO,
@@ -139,14 +148,15 @@ class Slot:
     pid: int | None = None
     consumer_id: str = ""
     pipe: int | None = None
+    board: Board | None = None
     reader: ReportReader = field(default_factory=ReportReader)
     bad_reports: int = 0
     started_at: float = 0.0
     failures: int = 0
     retry_at: float = 0.0
+    retry_why: str = ""
     kill_at: float | None = None
-    task: Running | None = None  # the task the worker runs, until it reports idle
-    timed_out: str | None = None  # the task id it was killed for overrunning
+    timed_out: bytes | None = None  # the digest of the task it was killed for overrunning
     killed_to_stop: bool = False  # SIGKILLed by a stop: its task's run is not its fault
     term_sent: bool = False
     eof: bool = False  # the worker closed its end of the pipe: it is exiting
@@ -157,6 +167,10 @@ class Slot:
 
     def describe(self) -> str:
         return f"worker {self.name}" + (f" (pid {self.pid})" if self.pid else "")
+
+    def held(self) -> Held | None:
+        """The task the worker holds, as its board says; ``None`` when it holds none."""
+        return None if self.board is None else self.board.read()
 
     def to(self, state: State, why: str) -> None:
         """Moves to ``state``, which must be allowed from the current one; logs it."""
@@ -175,21 +189,8 @@ class Pool:
 
     config: QueueConfig | None
     slots: list[Slot] = field(default_factory=list)
-
-
-@dataclass
-class _Requeue:
-    """What to tell the backend about a reaped worker."""
-
-    settings: WorkerSettings
-    consumer_id: str
-    pid: int
-    #: The report of the task the worker died running, when that run counts as a failed
-    #: attempt (a timeout, or the last of a task's worker deaths), and why it failed.
-    failed_report: Running | None = None
-    failure: str = ""
-    #: The task killed too many workers: it goes to the dead letters, retries or not.
-    give_up: bool = False
+    crashes: deque[float] = field(default_factory=deque)  # times of the recent crashes
+    in_burst: bool = False
 
 
 class Master:
@@ -198,7 +199,8 @@ class Master:
 
     Ex::
 
-        master = Master(load('/etc/alligator/alligator.ini'), '/etc/alligator/alligator.ini')
+        config, _ = validate('/etc/alligator/alligator.ini')
+        master = Master(config, '/etc/alligator/alligator.ini')
         exit_status = master.run()
 
     :param config: The validated configuration
@@ -207,6 +209,7 @@ class Master:
     :param notifier: Where to send systemd notifications; from the environment if omitted
     :param private_fds: Descriptors of the master's own (e.g. the pidfile's, which holds
         its lock) that workers must not inherit
+    :param pidfile: The pidfile given on the command line, which a reload keeps
     """
 
     def __init__(
@@ -216,16 +219,18 @@ class Master:
         log_level: str | None = None,
         notifier: Notifier | None = None,
         private_fds: tuple[int, ...] = (),
+        pidfile: str | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.log_level_override = log_level
+        self.pidfile_override = pidfile
         self.notifier = notifier or Notifier()
         self.private_fds = private_fds
         self.pools: dict[str, Pool] = {}
         self.by_pid: dict[int, Slot] = {}
-        # Task id -> workers that died running it, for the tasks seen most recently.
-        self.worker_deaths: OrderedDict[str, int] = OrderedDict()
+        # The tasks that killed workers, shared with every worker forked from here on.
+        self.deaths = DeathTable()
         self.signals: deque[int] = deque()
         self.stopping = False
         self.ready_pending = True  # READY=1 is due once the workers are up
@@ -307,8 +312,8 @@ class Master:
                     continue
                 slot = self.by_pid.pop(pid, None)
                 if slot is not None:
-                    requeues.append(_Requeue(slot.settings, slot.consumer_id, pid))
-            self._requeue(requeues)
+                    requeues.append(Requeue(slot.settings, slot.consumer_id, pid))
+            requeue_tasks(requeues)
         except Exception:
             log.exception("Stopping after that failure failed too; tasks return by lease.")
 
@@ -334,14 +339,14 @@ class Master:
     def _sleep_time(self) -> float:
         deadlines = [time.monotonic() + LOOP_MAX_SLEEP]
         for slot in self._slots():
-            if slot.state is State.STARTING:
-                deadlines.append(slot.started_at + STARTUP_SECONDS)
-            elif slot.state is State.BACKOFF:
+            if slot.state is State.BACKOFF:
                 deadlines.append(slot.retry_at)
             if slot.kill_at is not None:
                 deadlines.append(slot.kill_at)
-            if slot.task is not None and slot.settings.timeout and slot.timed_out is None:
-                deadlines.append(slot.task.at + slot.settings.timeout)
+            if slot.settings.timeout and slot.timed_out is None and slot.pid is not None:
+                held = slot.held()  # a task started later is seen at the next turn
+                if held is not None:
+                    deadlines.append(held.since + slot.settings.timeout)
         if self.notifier.watchdog_interval:
             deadlines.append(self.next_watchdog)
         # A floor, so that a deadline that somehow stays in the past cannot spin the CPU.
@@ -430,8 +435,7 @@ class Master:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
         log.info("SIGHUP: reloading %s.", self.config_path)
         try:
-            new = load(self.config_path)
-            warnings = check_dsns(new)
+            new, warnings = validate(self.config_path, self.pidfile_override)
         except Exception as exc:  # whatever the file holds, the running master goes on
             log.error("Reload refused, the running configuration stays: %s", exc)
             if not self.ready_pending:  # else READY=1 comes once the workers are up
@@ -440,9 +444,10 @@ class Master:
         for warning in warnings:
             log.warning("%s", warning)
         old = self.config
-        for key in ("pidfile", "preload", "pythonpath"):
+        for key in ("pidfile", "preload"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("%s changed; it takes effect at the next start, not on reload.", key)
+        use_pythonpath(new)
         level = self.log_level_override or new.log_level
         if new.log_file != old.log_file:
             try:
@@ -478,9 +483,6 @@ class Master:
     def _supervise(self) -> None:
         now = time.monotonic()
         for slot in self._slots():
-            if slot.state is State.STARTING and now - slot.started_at >= STARTUP_SECONDS:
-                slot.failures = 0
-                slot.to(State.RUNNING, f"up for {STARTUP_SECONDS:g}s")
             if slot.kill_at is not None and now >= slot.kill_at:
                 slot.kill_at = None
                 log.warning(
@@ -502,19 +504,17 @@ class Master:
 
     def _check_timeout(self, slot: Slot, now: float) -> None:
         timeout = slot.settings.timeout
-        if not timeout or slot.task is None or slot.timed_out is not None or slot.pid is None:
+        if not timeout or slot.timed_out is not None or slot.pid is None:
             return
-        if now - slot.task.at < timeout:
+        held = slot.held()
+        if held is None or now - held.since < timeout:
             return
-        self._read_reports(slot)  # it may have finished a moment ago
-        if slot.task is None or now - slot.task.at < timeout:
-            return
-        slot.timed_out = slot.task.task_id
+        slot.timed_out = held.digest
         log.error(
             "%s: task %s (%s) ran longer than timeout=%gs; killing the worker.",
             slot.describe(),
-            slot.task.task_id,
-            slot.task.func,
+            held.task_id,
+            held.func or "not yet decoded",
             timeout,
         )
         self._kill(slot, signal.SIGKILL)
@@ -624,6 +624,13 @@ class Master:
         except OSError as exc:  # EMFILE, ENFILE: as good as a failed fork
             self._failed_start(slot, f"cannot create its report pipe: {exc}")
             return
+        try:
+            board = Board()
+        except OSError as exc:  # ENOMEM
+            os.close(read_end)
+            os.close(write_end)
+            self._failed_start(slot, f"cannot map its board: {exc}")
+            return
         inherited = [self.wakeup_r, self.wakeup_w, read_end, *self.private_fds]
         inherited += [other.pipe for other in self._slots() if other.pipe is not None]
         if self.notifier.fileno() is not None:
@@ -637,28 +644,29 @@ class Master:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             os.close(read_end)
             os.close(write_end)
+            board.close()
             self._failed_start(slot, f"cannot fork: {exc}")
             return
         if pid == 0:
-            self._become_worker(slot, consumer_id, write_end, inherited)
+            self._become_worker(slot, consumer_id, write_end, inherited, board)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         os.close(write_end)
         os.set_blocking(read_end, False)
-        slot.pid, slot.consumer_id, slot.pipe = pid, consumer_id, read_end
+        slot.pid, slot.consumer_id, slot.pipe, slot.board = pid, consumer_id, read_end, board
         slot.reader, slot.bad_reports = ReportReader(), 0
         slot.started_at = time.monotonic()
-        slot.task, slot.timed_out, slot.kill_at = None, None, None
+        slot.timed_out, slot.kill_at = None, None
         slot.killed_to_stop, slot.term_sent, slot.eof = False, False, False
         self.by_pid[pid] = slot
         if slot.state is State.BACKOFF:
-            slot.to(State.STARTING, f"retrying after {backoff_delay(slot.failures):g}s")
+            slot.to(State.STARTING, slot.retry_why)
         else:
             slot.to(State.STARTING, "forked")
 
     def _failed_start(self, slot: Slot, why: str) -> None:
         slot.failures += 1
         delay = backoff_delay(slot.failures)
-        slot.retry_at = time.monotonic() + delay
+        self._wait_before_retry(slot, delay)
         log.error(
             "Cannot start a worker for queue %r (%s); next try in %gs.",
             slot.settings.queue,
@@ -669,14 +677,25 @@ class Master:
             slot.to(State.STARTING, "start attempted")
             slot.to(State.BACKOFF, f"failed start #{slot.failures}")
 
+    @staticmethod
+    def _wait_before_retry(slot: Slot, delay: float) -> None:
+        slot.retry_at = time.monotonic() + delay
+        slot.retry_why = f"retrying after {delay:g}s"
+
     def _become_worker(
-        self, slot: Slot, consumer_id: str, write_end: int, inherited: list[int]
+        self, slot: Slot, consumer_id: str, write_end: int, inherited: list[int], board: Board
     ) -> None:
         status = 1
         try:
             if child.prepare_process(self.pid, inherited, HANDLED_SIGNALS):
                 status = child.run(
-                    slot.settings, consumer_id, write_end, self.pid, self.config.graceful_timeout
+                    slot.settings,
+                    consumer_id,
+                    write_end,
+                    self.pid,
+                    self.config.graceful_timeout,
+                    board,
+                    self.deaths,
                 )
             else:
                 status = 0
@@ -691,7 +710,7 @@ class Master:
     # Reaping.
 
     def _reap(self) -> None:
-        requeues: list[_Requeue] = []
+        requeues: list[Requeue] = []
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -704,78 +723,116 @@ class Master:
                 continue
             requeues.append(self._settle_exit(slot, status))
         if requeues:
-            self._requeue(requeues)
+            requeue_tasks(requeues)
 
-    def _settle_exit(self, slot: Slot, status: int) -> _Requeue:
+    def _settle_exit(self, slot: Slot, status: int) -> Requeue:
         # Everything the worker wrote before it died is in the pipe: read it to the end,
-        # so a task it finished just before a kill is not taken for one still running.
+        # so that a worker that got ready just before it died counts as having started.
         self._read_reports(slot, to_end=True)
         os.close(slot.pipe)
         how = describe_exit(status)
-        requeue = _Requeue(slot.settings, slot.consumer_id, slot.pid)
-        self._judge_failed_run(slot, how, requeue)
-        lived = time.monotonic() - slot.started_at
+        requeue = Requeue(slot.settings, slot.consumer_id, slot.pid)
+        self._judge_held_task(slot, how, requeue)
+        slot.board.close()
         pool = self.pools.get(slot.settings.queue)
-        slot.pipe, slot.task, slot.kill_at = None, None, None
+        slot.pipe, slot.board, slot.kill_at = None, None, None
         if slot.state is State.STOPPING or self.stopping:
             if slot.state is not State.STOPPING:
                 slot.to(State.STOPPING, "alligatord is stopping")
             slot.to(State.EXITED, how)
             if pool is not None and slot in pool.slots:
                 pool.slots.remove(slot)
-        elif slot.state is State.STARTING and lived < STARTUP_SECONDS:
+        elif slot.state is State.STARTING:
             slot.failures += 1
             delay = backoff_delay(slot.failures)
-            slot.retry_at = time.monotonic() + delay
+            self._wait_before_retry(slot, delay)
+            lived = time.monotonic() - slot.started_at
             slot.to(
                 State.BACKOFF,
-                f"{how} {lived:.2f}s after its start (failed start #{slot.failures}); "
-                f"next try in {delay:g}s",
+                f"{how} {lived:.2f}s after its start, before it was ready (failed start "
+                f"#{slot.failures}); next try in {delay:g}s",
             )
+        elif pool is not None and self._crash_burst(pool, slot.settings.queue):
+            self._wait_before_retry(slot, CRASH_PAUSE)
+            slot.to(State.BACKOFF, f"{how} unexpectedly; replacing it in {CRASH_PAUSE:g}s")
         else:
-            if slot.state is State.STARTING:  # up long enough, though not yet marked so
-                slot.failures = 0
-                slot.to(State.RUNNING, f"up for {lived:.2f}s")
             slot.to(State.EXITED, f"{how} unexpectedly; replacing it")
         slot.pid = None
         return requeue
 
-    def _judge_failed_run(self, slot: Slot, how: str, requeue: _Requeue) -> None:
-        """Decides whether a dead worker's task counts as a failed attempt: a timeout does; a
-        crash runs it again as it was (at-least-once), until it has killed
-        ``WORKER_DEATHS_PER_TASK`` workers, when it goes to the dead letters. A stop never
-        counts."""
-        report = slot.task
-        if report is None or slot.killed_to_stop:
-            return
-        if slot.timed_out is not None:
-            if slot.timed_out == report.task_id:  # not killed as the next task began
-                requeue.failed_report = report
-                requeue.failure = (
-                    f"Killed by alligatord: the task ran longer than "
-                    f"timeout={slot.settings.timeout:g}s (worker pid {slot.pid})."
-                )
-            return
-        deaths = self.worker_deaths.pop(report.task_id, 0) + 1
-        self.worker_deaths[report.task_id] = deaths
-        while len(self.worker_deaths) > REMEMBERED_TASK_DEATHS:
-            self.worker_deaths.popitem(last=False)
-        if deaths < WORKER_DEATHS_PER_TASK:
+    @staticmethod
+    def _crash_burst(pool: Pool, queue: str) -> bool:
+        """Counts a crash of one of the pool's workers; says whether crashes come in a burst,
+        and logs the start and the end of each burst once."""
+        now = time.monotonic()
+        pool.crashes.append(now)
+        while pool.crashes and pool.crashes[0] < now - CRASH_WINDOW:
+            pool.crashes.popleft()
+        burst = len(pool.crashes) > CRASH_BURST
+        if burst and not pool.in_burst:
             log.warning(
-                "Task %s (%s) on queue %r: its worker (pid %d) died while running it (%s); "
-                "it runs again as it was (worker death %d of %d before the dead letters).",
-                report.task_id,
-                report.func,
-                slot.settings.queue,
-                slot.pid,
-                how,
-                deaths,
-                WORKER_DEATHS_PER_TASK,
+                "Queue %r: %d worker crashes in %gs; each replacement waits %gs until they "
+                "calm down.",
+                queue,
+                len(pool.crashes),
+                CRASH_WINDOW,
+                CRASH_PAUSE,
+            )
+        elif pool.in_burst and not burst:
+            log.info(
+                "Queue %r: worker crashes calmed down; replacing crashed workers at once again.",
+                queue,
+            )
+        pool.in_burst = burst
+        return burst
+
+    def _judge_held_task(self, slot: Slot, how: str, requeue: Requeue) -> None:
+        """Decides what a dead worker's death means for the task it held. A stop never
+        counts. A timeout kill counts as a failed attempt, when the worker had left the
+        payload to store for it. Any other death counts against the task, which the next
+        worker to take it refuses once it killed ``DEATHS_PER_TASK``."""
+        held = slot.held()
+        if held is None or slot.killed_to_stop:
+            return
+        queue = slot.settings.queue
+        task = f"Task {held.task_id} ({held.func or 'not yet decoded'}) on queue {queue!r}"
+        # A server that returns a dead worker's task itself leaves nothing to settle here:
+        # there, a timeout kill counts as a death like any other.
+        countable = not client_class(slot.settings.dsn).server_requeues_dead_consumers
+        if (
+            slot.timed_out == held.digest
+            and held.payload is not None
+            and held.complete_id
+            and countable
+        ):
+            requeue.failed = held
+            requeue.failure = (
+                f"Killed by alligatord: the task ran longer than "
+                f"timeout={slot.settings.timeout:g}s (worker pid {slot.pid})."
             )
             return
-        del self.worker_deaths[report.task_id]
-        requeue.failed_report, requeue.give_up = report, True
-        requeue.failure = f"It killed {deaths} workers; the last one (pid {slot.pid}): {how}."
+        deaths = self.deaths.record(held.digest, f"pid {slot.pid} {how} {held.phase}")
+        if deaths < DEATHS_PER_TASK:
+            log.warning(
+                "%s: its worker (pid %d) died %s (%s); it runs again as it was (worker death "
+                "%d of %d before the dead letters).",
+                task,
+                slot.pid,
+                held.phase,
+                how,
+                deaths,
+                DEATHS_PER_TASK,
+            )
+        else:
+            log.error(
+                "%s: its worker (pid %d) died %s (%s), the death %d it caused; the next "
+                "worker to take it moves it to the dead letters unopened.",
+                task,
+                slot.pid,
+                held.phase,
+                how,
+                deaths,
+            )
 
     def _read_reports(self, slot: Slot, to_end: bool = False) -> None:
         if slot.pipe is None:
@@ -800,15 +857,18 @@ class Master:
                 break
 
     def _on_report(self, slot: Slot, report: Report) -> None:
-        if isinstance(report, Running):
-            slot.task = report
-            if report.last and slot.state is not State.STOPPING:
+        if isinstance(report, Ready):
+            if slot.state is State.STARTING:
+                slot.failures = 0
+                slot.to(State.RUNNING, "ready")
+        elif isinstance(report, Leaving):
+            if slot.state is not State.STOPPING:
                 slot.to(
                     State.STOPPING,
                     f"recycling after this task (max_tasks={slot.settings.max_tasks})",
                 )
-        else:
-            slot.task = None
+        elif isinstance(report, Refused):
+            self.deaths.forget(report.digest)
 
     @staticmethod
     def _on_bad_report(slot: Slot, error: ReportError) -> None:
@@ -822,91 +882,6 @@ class Master:
                 slot.describe(),
                 more,
                 error,
-            )
-
-    def _requeue(self, requeues: list[_Requeue]) -> None:
-        """Returns reaped workers' in-flight tasks to their queues: one client per DSN,
-        closed at once, so that no connection of the master's outlives this call."""
-        by_dsn: dict[str, list[_Requeue]] = {}
-        for requeue in requeues:
-            by_dsn.setdefault(requeue.settings.dsn, []).append(requeue)
-        for dsn, group in by_dsn.items():
-            try:
-                client = client_class(dsn)(dsn)
-            except Exception as exc:
-                log.error(
-                    "Cannot reach %s to requeue %d dead worker(s)' tasks (%s); they return "
-                    "when their lease runs out.",
-                    redact_dsn(dsn),
-                    len(group),
-                    exc,
-                )
-                continue
-            try:
-                for requeue in group:
-                    self._requeue_one(client, requeue)
-            finally:
-                client.close()
-
-    def _requeue_one(self, client: Client, requeue: _Requeue) -> None:
-        queue = requeue.settings.queue
-        try:
-            if requeue.failed_report is not None:
-                self._count_failed_attempt(client, requeue)
-            count = client.requeue_inflight(queue, requeue.consumer_id)
-        except Exception as exc:
-            log.error(
-                "Cannot requeue the task of dead worker pid %d on queue %r (%s); it returns "
-                "when its lease runs out.",
-                requeue.pid,
-                queue,
-                exc,
-            )
-            return
-        if count:
-            log.info(
-                "Requeued %d task(s) of dead worker pid %d on queue %r.", count, requeue.pid, queue
-            )
-
-    @staticmethod
-    def _count_failed_attempt(client: Client, requeue: _Requeue) -> None:
-        report, queue = requeue.failed_report, requeue.settings.queue
-        task = f"Task {report.task_id} ({report.func}) on queue {queue!r}"
-        if client.server_requeues_dead_consumers:
-            log.warning(
-                "%s: %s It returns to its queue as it was: this backend releases a dead "
-                "worker's task itself, so the failed run is not counted.",
-                task,
-                requeue.failure,
-            )
-        elif requeue.give_up:
-            data = report.bury_data or report.retry_data
-            client.add_dead_letter(
-                queue, report.task_id, data, requeue.failure, requeue.consumer_id
-            )
-            log.error("%s: %s Moved to the dead letters.", task, requeue.failure)
-        elif report.retry_data is not None:
-            client.retry(queue, report.task_id, requeue.consumer_id, report.retry_data)
-            log.warning(
-                "%s: %s The run counts as a failed attempt; it will be retried.",
-                task,
-                requeue.failure,
-            )
-        elif report.bury_data is not None:
-            client.add_dead_letter(
-                queue, report.task_id, report.bury_data, requeue.failure, requeue.consumer_id
-            )
-            log.warning(
-                "%s: %s It had no retries left; moved to the dead letters.",
-                task,
-                requeue.failure,
-            )
-        else:
-            log.warning(
-                "%s: %s It returns to its queue as it was: its worker could not describe "
-                "a failed run of it.",
-                task,
-                requeue.failure,
             )
 
     # Telling systemd.
@@ -961,4 +936,4 @@ class Master:
 def _retire_first(slot: Slot) -> tuple:
     """Which slots to retire first: no process, then not yet up, then idle, newest first."""
     order = {State.BACKOFF: 0, State.EXITED: 0, State.STARTING: 1, State.RUNNING: 2}
-    return (order.get(slot.state, 3), slot.task is not None, -slot.started_at)
+    return (order.get(slot.state, 3), slot.held() is not None, -slot.started_at)

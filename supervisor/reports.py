@@ -1,31 +1,33 @@
 """
-What a worker tells its master, over a pipe of its own: the protocol, in one place.
+What a worker tells its master over a pipe of its own: the few events of its life, in one
+place. What it does task by task goes on its board instead (``supervisor.board``).
 
 Each report is one JSON object on a line of its own:
 
-- ``{"event": "running", "task": ID, "func": PATH, "at": MONOTONIC}`` just before a task
-  runs, with ``"last": true`` when the worker leaves after it (``max_tasks``), and with
-  what the master writes to the backend if that run must count as a failed attempt (a
-  ``timeout`` kill, or the last death a task may cause): ``"retry_data"``, the payload with
-  one retry fewer, or ``"bury_data"``, the payload for the dead letters when none is left.
-- ``{"event": "idle"}`` after a task.
+- ``{"event": "ready"}`` once the worker imported its task modules and reached its backend:
+  from then on, its death is a crash, not a failed start.
+- ``{"event": "leaving"}`` as the worker starts its last task (``max_tasks``), so that its
+  replacement starts at the same time.
+- ``{"event": "refused", "task": DIGEST}`` when the worker moved a task that killed
+  workers to the dead letters: the master forgets its count (hex of its digest).
 
 A worker writes a newline before each report as well as after it, so that stray bytes on
 the pipe (a task writing to a descriptor it should not touch) spoil at most their own
 line. The master reads through a ``ReportReader``, which checks every line against the
-shapes above, turns it into a ``Running`` or an ``Idle``, and hands back a ``ReportError``
-for anything else, a line longer than ``MAX_REPORT_BYTES`` included: the master drops it,
-logs it, and goes on.
+shapes above and hands back a ``ReportError`` for anything else, a line longer than
+``MAX_REPORT_BYTES`` included: the master drops it, logs it, and goes on.
 """
 
 import json
-import math
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass
 from typing import Any
 
 #: The longest report line the master keeps; bytes beyond it up to the next newline are
-#: dropped. A worker leaves the payloads out of a report that would be longer.
-MAX_REPORT_BYTES = 1024 * 1024
+#: dropped.
+MAX_REPORT_BYTES = 4096
+
+_DIGEST_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
 class ReportError(ValueError):
@@ -33,61 +35,54 @@ class ReportError(ValueError):
 
 
 @dataclass(frozen=True)
-class Running:
+class Ready:
     """
-    The worker starts a task.
+    The worker is up: its task modules imported, its backend answered.
 
     Ex::
 
-        Running(task_id='a1b2', func='myapp.tasks.send_email', at=time.monotonic())
+        Ready().encode()  # b'\\n{"event":"ready"}\\n'
     """
 
-    task_id: str
-    func: str
-    at: float  # time.monotonic() in the worker, the same clock as the master's
-    last: bool = False
-    retry_data: str | None = None
-    bury_data: str | None = None
-
     def encode(self) -> bytes:
-        fields: dict[str, Any] = {
-            "event": "running",
-            "task": self.task_id,
-            "func": self.func,
-            "at": self.at,
-        }
-        if self.last:
-            fields["last"] = True
-        if self.retry_data is not None:
-            fields["retry_data"] = self.retry_data
-        if self.bury_data is not None:
-            fields["bury_data"] = self.bury_data
-        return _line(fields)
-
-    def without_payloads(self) -> "Running":
-        """The same report without ``retry_data`` and ``bury_data``."""
-        return replace(self, retry_data=None, bury_data=None)
+        return _line({"event": "ready"})
 
 
 @dataclass(frozen=True)
-class Idle:
+class Leaving:
     """
-    The worker finished its task.
+    The worker starts its last task (``max_tasks``).
 
     Ex::
 
-        Idle().encode()  # b'\\n{"event":"idle"}\\n'
+        Leaving().encode()  # b'\\n{"event":"leaving"}\\n'
     """
 
     def encode(self) -> bytes:
-        return _line({"event": "idle"})
+        return _line({"event": "leaving"})
 
 
-Report = Running | Idle
+@dataclass(frozen=True)
+class Refused:
+    """
+    The worker moved a task that killed workers to the dead letters, unopened.
+
+    Ex::
+
+        Refused(digest).encode()
+    """
+
+    digest: bytes
+
+    def encode(self) -> bytes:
+        return _line({"event": "refused", "task": self.digest.hex()})
+
+
+Report = Ready | Leaving | Refused
 
 
 def _line(fields: dict[str, Any]) -> bytes:
-    return b"\n" + json.dumps(fields, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return b"\n" + json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
 
 def decode(line: bytes) -> Report:
@@ -96,7 +91,7 @@ def decode(line: bytes) -> Report:
 
     Ex::
 
-        decode(b'{"event":"idle"}')  # Idle()
+        decode(b'{"event":"ready"}')  # Ready()
 
     :raises ReportError: When the line is not one of the reports above
     """
@@ -107,25 +102,18 @@ def decode(line: bytes) -> Report:
     if not isinstance(fields, dict):
         raise ReportError("not a JSON object")
     event = fields.get("event")
-    if event == "idle":
-        return Idle()
-    if event != "running":
-        raise ReportError(f"unknown event {event!r}")
-    task_id, func, at = fields.get("task"), fields.get("func"), fields.get("at")
-    if not isinstance(task_id, str) or not task_id:
-        raise ReportError("'task' must be a task id")
-    if not isinstance(func, str):
-        raise ReportError("'func' must be a string")
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-        raise ReportError("'at' must be a finite number")
-    last = fields.get("last", False)
-    if not isinstance(last, bool):
-        raise ReportError("'last' must be true or false")
-    payloads = {key: fields.get(key) for key in ("retry_data", "bury_data")}
-    for key, value in payloads.items():
-        if value is not None and not isinstance(value, str):
-            raise ReportError(f"{key!r} must be a string")
-    return Running(task_id, func, float(at), last, **payloads)
+    if set(fields) - {"event", "task"}:
+        raise ReportError("unknown fields")
+    if event == "ready" and len(fields) == 1:
+        return Ready()
+    if event == "leaving" and len(fields) == 1:
+        return Leaving()
+    if event == "refused":
+        digest = fields.get("task")
+        if not isinstance(digest, str) or not _DIGEST_HEX.match(digest):
+            raise ReportError("'task' must be a task digest")
+        return Refused(bytes.fromhex(digest))
+    raise ReportError(f"unknown event {event!r}")
 
 
 class ReportReader:
@@ -136,7 +124,7 @@ class ReportReader:
 
         reader = ReportReader()
         for item in reader.feed(os.read(fd, 65536)):
-            ...  # a Running, an Idle, or a ReportError to log
+            ...  # a Ready, a Leaving, a Refused, or a ReportError to log
 
     :param max_line: The longest line kept
     """

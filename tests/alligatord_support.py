@@ -50,6 +50,12 @@ def sleep_then_record(path, seconds):
     record(path, f"done {os.getpid()}")
 
 
+def pause_then_record(path, line, seconds):
+    """Sleeps, then records ``line``."""
+    time.sleep(seconds)
+    record(path, line)
+
+
 def die(path):
     """Records the worker's pid and time, then kills the worker: a poison task."""
     record(path, f"{os.getpid()} {time.monotonic()}")
@@ -120,6 +126,7 @@ def orphan_parent(mode: str, dsn: str, log_file: str) -> None:
     """
     from alligator.gator import new_consumer_id
     from supervisor import child, logs
+    from supervisor.board import Board, DeathTable
     from supervisor.config import WorkerSettings
 
     read_end, write_end = os.pipe()
@@ -135,7 +142,15 @@ def orphan_parent(mode: str, dsn: str, log_file: str) -> None:
                     time.sleep(60)
             else:
                 settings = WorkerSettings("a", dsn)
-                status = child.run(settings, new_consumer_id(), write_end, os.getppid(), 5.0)
+                status = child.run(
+                    settings,
+                    new_consumer_id(),
+                    write_end,
+                    os.getppid(),
+                    5.0,
+                    Board(),
+                    DeathTable(),
+                )
         finally:
             logs.flush()
             os._exit(status)

@@ -4,6 +4,7 @@ import pytest
 
 from alligator.gator import Gator
 
+from .alligatord_support import Daemons
 from .servers import beanstalkd_server, redis_server
 
 
@@ -91,3 +92,12 @@ def queue_name():
 def gator():
     """A Gator on a fresh in-process queue."""
     return Gator(f"locmem://test-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def daemons():
+    """Starts alligatord processes for one test (``daemons(config, *args)``), and kills
+    them and every worker they had at its end, whatever state the test left."""
+    started = Daemons()
+    yield started
+    started.stop_all()

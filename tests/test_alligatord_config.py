@@ -1,14 +1,10 @@
-"""alligatord's configuration, its pidfile and its command line (no daemon left running)."""
-
-import os
-import subprocess
-import sys
+"""alligatord's configuration and its command line (no daemon left running)."""
 
 import pytest
 
-from supervisor.config import ConfigError, check_dsns, load, parse_size
+from supervisor.config import ConfigError, load, parse_size
 from supervisor.master import TRANSITIONS, State, backoff_delay
-from supervisor.pidfile import Pidfile, PidfileError, read_pid
+from supervisor.preflight import check_dsns
 
 from .alligatord_support import run_cli
 
@@ -63,6 +59,33 @@ timeout = 300
     assert (default.name, default.workers, default.settings.dsn) == ("default", 1, config.dsn)
     assert (default.settings.max_tasks, default.settings.max_memory) == (0, 0)
     assert config.total_workers == 5
+    assert emails.settings.tasks is None and emails.settings.secrets == ()
+
+
+def test_tasks_and_secrets_are_global_defaults_a_queue_may_replace(tmp_path):
+    path = write(
+        tmp_path,
+        f"""
+[alligatord]
+dsn = {dsn_for(tmp_path)}
+tasks = myapp.tasks, myapp.billing.*
+secret = first-secret-of-16-chars second-secret-of-16-chars
+
+[queue:a]
+
+[queue:b]
+tasks = other.tasks
+secret = b-secret-of-sixteen-chars
+""",
+    )
+    a, b = load(str(path)).queues
+    assert a.settings.tasks == ("myapp.tasks", "myapp.billing.*")
+    assert a.settings.secrets == ("first-secret-of-16-chars", "second-secret-of-16-chars")
+    assert (b.settings.tasks, b.settings.secrets) == (
+        ("other.tasks",),
+        ("b-secret-of-sixteen-chars",),
+    )
+    assert "first-secret" not in repr(a.settings)
 
 
 @pytest.mark.parametrize(
@@ -141,6 +164,24 @@ timeout = 300
             None,
             "names the queue 'a' again, after [queue:a]",
         ),
+        (
+            "[alligatord]\ndsn = {dsn}\ntasks = myapp.tasks, *\n[queue:a]\n",
+            "[alligatord]",
+            "tasks",
+            "'*' is not a module name",
+        ),
+        (
+            "[alligatord]\ndsn = {dsn}\n[queue:a]\ntasks = my-app.tasks\n",
+            "[queue:a]",
+            "tasks",
+            "'my-app.tasks' is not a module name",
+        ),
+        (
+            "[alligatord]\ndsn = {dsn}\nsecret = tooshort\n[queue:a]\n",
+            "[alligatord]",
+            "secret",
+            "at least 16 characters",
+        ),
     ],
 )
 def test_every_mistake_is_one_sentence_naming_file_section_and_key(
@@ -216,92 +257,6 @@ def test_every_state_is_reachable_and_left_through_the_table():
     targets = {after for _, after in TRANSITIONS}
     sources = {before for before, _ in TRANSITIONS}
     assert targets == set(State) and sources == set(State)
-
-
-# The pidfile.
-
-
-def test_pidfile_is_written_and_removed(tmp_path):
-    path = tmp_path / "run" / "alligatord.pid"
-    path.parent.mkdir()
-    pidfile = Pidfile(str(path))
-    pidfile.create()
-    assert read_pid(str(path)) == os.getpid()
-    assert os.listdir(path.parent) == ["alligatord.pid"]  # no temporary file left
-    pidfile.remove()
-    assert not path.exists()
-
-
-def test_a_pidfile_locked_by_a_running_daemon_is_refused(tmp_path):
-    path = tmp_path / "alligatord.pid"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from supervisor.pidfile import Pidfile; "
-            "Pidfile(sys.argv[1]).create(); print('held', flush=True); time.sleep(30)",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with pytest.raises(PidfileError, match=f"held by process {holder.pid}, which is running"):
-            Pidfile(str(path)).create()
-        assert read_pid(str(path)) == holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
-    # Its holder is gone, and with it the lock: the file is stale now.
-    pidfile = Pidfile(str(path))
-    pidfile.create()
-    assert read_pid(str(path)) == os.getpid()
-    pidfile.remove()
-
-
-def test_two_daemons_cannot_both_take_a_stale_pidfile(tmp_path):
-    # Each Pidfile opens the file on its own, as two daemons would: the lock of the one
-    # that came first keeps the other out, although the stale file names no live process
-    # (here: this very process, which a stale file in a container often does).
-    path = tmp_path / "alligatord.pid"
-    path.write_text(f"{os.getpid()}\n")
-    first = Pidfile(str(path))
-    first.create()
-    with pytest.raises(PidfileError, match="which is running"):
-        Pidfile(str(path)).create()
-    assert read_pid(str(path)) == os.getpid()
-    first.remove()
-    assert not path.exists()
-    assert os.listdir(tmp_path) == []
-
-
-@pytest.mark.parametrize("content", ["{dead}\n", "garbage\n", "", "{own}\n", "1\n"])
-def test_a_stale_pidfile_is_replaced(tmp_path, content):
-    # A file nobody holds the lock of is stale, whatever pid it names: pid 1 is alive,
-    # but it is no alligatord.
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    path = tmp_path / "alligatord.pid"
-    path.write_text(content.format(dead=dead.pid, own=os.getpid()))
-    pidfile = Pidfile(str(path))
-    pidfile.create()
-    assert read_pid(str(path)) == os.getpid()
-    pidfile.remove()
-
-
-def test_pidfile_is_left_alone_if_another_process_took_it(tmp_path):
-    path = tmp_path / "alligatord.pid"
-    pidfile = Pidfile(str(path))
-    pidfile.create()
-    path.write_text("1\n")
-    pidfile.remove()
-    assert read_pid(str(path)) == 1
-
-
-def test_unwritable_pidfile(tmp_path):
-    with pytest.raises(PidfileError, match="Cannot write the pidfile"):
-        Pidfile(str(tmp_path / "missing-dir" / "a.pid")).create()
 
 
 # The command line.

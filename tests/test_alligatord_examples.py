@@ -7,22 +7,13 @@ import shlex
 import signal
 import subprocess
 
-import pytest
-
 from supervisor.config import MAIN_KEYS, QUEUE_KEYS, load
 from supervisor.quickstart import QUICKSTART_DSN
 
-from .alligatord_support import ROOT, Daemons
+from .alligatord_support import ROOT
 from .servers import wait_for
 
 ETC = ROOT / "etc"
-
-
-@pytest.fixture
-def daemons():
-    started = Daemons()
-    yield started
-    started.stop_all()
 
 
 def test_quickstart_runs_the_task_its_one_liner_enqueues(daemons, tmp_path):

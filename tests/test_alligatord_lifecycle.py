@@ -13,15 +13,8 @@ import pytest
 from alligator.gator import Gator
 
 from . import alligatord_support as support
-from .alligatord_support import Daemons, is_gone, lines, sqlite_dsn, write_config
+from .alligatord_support import is_gone, lines, sqlite_dsn, write_config
 from .servers import ServerProcess, free_port, wait_for
-
-
-@pytest.fixture
-def daemons():
-    started = Daemons()
-    yield started
-    started.stop_all()
 
 
 @pytest.fixture(params=["sqlite", "redis", "beanstalk"])
@@ -115,8 +108,8 @@ def test_a_task_that_keeps_killing_its_worker_goes_to_the_dead_letters(daemons, 
 
     dead = wait_for(gator.dead_letters, timeout=15, message="the poison task to be buried")
     assert [letter.task_id for letter in dead] == [poison.task_id]
-    assert "It killed 3 workers; the last one" in dead[0].error
-    assert "exited with status 3" in dead[0].error
+    assert dead[0].error.startswith("It killed 3 alligatord workers that took it (the last: pid")
+    assert "exited with status 3 while running it" in dead[0].error
     assert len(lines(deaths)) == 3
     wait_for(lambda: sorted(lines(record)) == ["0", "1", "2"], message="the other tasks")
     daemon.wait_workers({"a": 2})
@@ -124,7 +117,8 @@ def test_a_task_that_keeps_killing_its_worker_goes_to_the_dead_letters(daemons, 
     log = daemon.log()
     assert "(worker death 1 of 3 before the dead letters)" in log
     assert "(worker death 2 of 3 before the dead letters)" in log
-    assert "Moved to the dead letters." in log
+    assert "the next worker to take it moves it to the dead letters unopened" in log
+    assert f"Task {poison.task_id} in queue 'a' was moved to the dead-letter store unopened" in log
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
@@ -157,18 +151,30 @@ def test_garbage_on_the_report_pipe_never_stops_the_master(daemons, tmp_path):
     assert daemon.wait_exit() == 0
 
 
-def test_a_crash_loop_backs_off_without_spinning_and_resets(daemons, tmp_path):
+def test_a_worker_that_dies_before_it_is_ready_backs_off_without_spinning(daemons, tmp_path):
     dsn = sqlite_dsn(tmp_path)
-    config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 1}}, graceful_timeout=2)
-    gator = Gator(dsn, queue_name="a")
-    deaths = tmp_path / "deaths.txt"
-    # A poison task: every worker that takes it dies at once, so each start fails (each
-    # death costs it a retry).
-    with gator.options(retries=2) as opts:
-        opts.task(support.die_first, str(deaths), 2)
+    app, flag, deaths = tmp_path / "app", tmp_path / "broken", tmp_path / "deaths.txt"
+    app.mkdir()
+    # A task module that, once the flag exists, kills every worker importing it at start.
+    (app / "flaky_start.py").write_text(
+        "import os, time\n"
+        f"if os.path.exists({str(flag)!r}):\n"
+        f"    with open({str(deaths)!r}, 'a') as handle:\n"
+        "        handle.write(f'{os.getpid()} {time.monotonic()}\\n')\n"
+        "    os._exit(3)\n"
+    )
+    queues = {"a": {"workers": 1}}
+    config = write_config(
+        tmp_path / "a.ini", dsn, queues, graceful_timeout=2, pythonpath="app", tasks="flaky_start"
+    )
     daemon = daemons(config)
     master = psutil.Process(daemon.pid)
-    wait_for(lambda: len(lines(deaths)) == 1, message="the first death")
+    [first] = daemon.wait_workers({"a": 1})["a"]
+    assert "STARTING -> RUNNING: ready" in daemon.log()
+
+    flag.touch()
+    os.kill(first, signal.SIGKILL)  # a crash; each replacement then dies before it is ready
+    wait_for(lambda: len(lines(deaths)) == 1, message="the first failed start")
     cpu_before = sum(master.cpu_times()[:2])
     wait_for(lambda: len(lines(deaths)) == 3, timeout=10, message="two more tries")
     cpu_spent = sum(master.cpu_times()[:2]) - cpu_before
@@ -176,17 +182,20 @@ def test_a_crash_loop_backs_off_without_spinning_and_resets(daemons, tmp_path):
     assert times[1] - times[0] >= 0.95  # backoff 1 s after the first failed start
     assert times[2] - times[1] >= 1.95  # then 2 s
     assert cpu_spent < 0.5, f"the master used {cpu_spent:.2f}s of CPU while backing off"
-    assert "(failed start #1); next try in 1s" in daemon.log()
-    assert "(failed start #2); next try in 2s" in daemon.log()
-
-    # The third try ran the task; once that worker has been up a while, the count is reset.
-    wait_for(lambda: "STARTING -> RUNNING" in daemon.log(), message="a worker to stay up")
-    with gator.options(retries=2) as opts:
-        opts.task(support.die_first, str(tmp_path / "again.txt"), 2)
-    wait_for(lambda: len(lines(tmp_path / "again.txt")) == 3, timeout=10, message="a recovery")
     log = daemon.log()
-    assert log.count("(failed start #1)") == 2 and "failed start #3" not in log
+    assert f"(pid {first}): RUNNING -> EXITED: killed by SIGKILL unexpectedly; replacing it" in log
+    assert "before it was ready (failed start #1); next try in 1s" in log
+    assert "before it was ready (failed start #2); next try in 2s" in log
 
+    # Fixed: the next try (after 4 s) gets ready, which resets the count.
+    flag.unlink()
+    wait_for(lambda: daemon.log().count("STARTING -> RUNNING: ready") == 2, timeout=10)
+    [second] = daemon.wait_workers({"a": 1})["a"]
+    flag.touch()
+    os.kill(second, signal.SIGKILL)
+    wait_for(lambda: daemon.log().count("(failed start #1)") == 2, message="a new count")
+    assert "failed start #4" not in daemon.log()
+    flag.unlink()
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 
@@ -339,7 +348,10 @@ def test_master_failure_kills_workers_and_requeues_their_tasks(daemons, tmp_path
     )
     daemon = daemons(config)
     workers = daemon.wait_workers({"a": 2})["a"]
-    assert lines(imported) == [str(daemon.pid)]  # preloaded once, by the master
+    # Preloaded by the master (after a first import by the check, in a process of its own),
+    # never by a worker.
+    assert len(lines(imported)) == 2 and lines(imported)[-1] == str(daemon.pid)
+    assert not set(lines(imported)) & {str(pid) for pid in workers}
     record = tmp_path / "runs.txt"
     gator = Gator(dsn, queue_name="a")
     gator.task(support.sleep_then_record, str(record), 60)

@@ -9,15 +9,8 @@ from alligator.gator import Gator
 
 from . import alligatord_support as support
 from . import tasks
-from .alligatord_support import Daemons, lines, sqlite_dsn, write_config
+from .alligatord_support import lines, sqlite_dsn, write_config
 from .servers import wait_for
-
-
-@pytest.fixture
-def daemons():
-    started = Daemons()
-    yield started
-    started.stop_all()
 
 
 def test_max_tasks_recycles_a_worker_without_a_backoff(daemons, tmp_path):

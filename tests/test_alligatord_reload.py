@@ -7,15 +7,8 @@ import pytest
 from alligator.gator import Gator
 
 from . import alligatord_support as support
-from .alligatord_support import Daemons, lines, sqlite_dsn, write_config
+from .alligatord_support import lines, sqlite_dsn, write_config
 from .servers import wait_for
-
-
-@pytest.fixture
-def daemons():
-    started = Daemons()
-    yield started
-    started.stop_all()
 
 
 def reload(daemon, config, dsn, queues, **main):
@@ -50,8 +43,9 @@ def test_scale_up_add_a_queue_scale_down_remove_it_and_survive_a_broken_file(dae
     # that makes its backend raise, whatever it raises.
     broken = {
         "workers = many": "section [queue:a], key workers: expected a whole number >= 0",
-        "dsn = redis://[::1/0": "section [queue:a], key dsn: DSN 'redis://…' is malformed",
-        "dsn = beanstalk://[::1/": "section [queue:a], key dsn: DSN 'beanstalk://…' is malformed",
+        "dsn = redis://[::1/0": "section [queue:a], key dsn: DSN 'redis://[::1/0' is malformed",
+        "dsn = beanstalk://[::1/": "section [queue:a], key dsn: DSN 'beanstalk://[::1/' is "
+        "malformed",
         f"dsn = {dsn}?lease=nan": "section [queue:a], key dsn: Option lease='nan'",
     }
     for refusals, (line, problem) in enumerate(broken.items(), 1):

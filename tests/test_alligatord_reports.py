@@ -1,33 +1,52 @@
-"""What a worker reports to its master: every line is checked, and nothing else gets through."""
+"""
+What a worker tells its master: events on a pipe, every line checked, nothing else gets
+through; and what it holds, on a board in shared memory, readable at any moment.
+"""
+
+import os
 
 import pytest
 
-from supervisor.reports import Idle, ReportError, ReportReader, Running, decode
+from supervisor.board import (
+    BURY_PAYLOAD,
+    DEATHS_PER_TASK,
+    HOLDING,
+    ID_MAX,
+    PAYLOAD_MAX,
+    RETRY_PAYLOAD,
+    RUNNING,
+    TABLE_CAPACITY,
+    Board,
+    DeathTable,
+    task_digest,
+)
+from supervisor.reports import Leaving, Ready, Refused, ReportError, ReportReader, decode
+
+DIGEST = task_digest("emails", "a1b2")
 
 
 def test_reports_travel_whole():
-    running = Running("t1", "myapp.tasks.send", 12.5, last=True, retry_data='{"retries": 0}')
-    reader = ReportReader()
-    assert reader.feed(running.encode() + Idle().encode()) == [running, Idle()]
+    reports = [Ready(), Leaving(), Refused(DIGEST)]
+    data = b"".join(report.encode() for report in reports)
+    assert ReportReader().feed(data) == reports
     # Split anywhere, they arrive the same.
-    data = running.encode() + Idle().encode()
-    items = [item for byte in range(len(data)) for item in reader.feed(data[byte : byte + 1])]
-    assert items == [running, Idle()]
+    reader = ReportReader()
+    assert [item for byte in range(len(data)) for item in reader.feed(data[byte : byte + 1])] == (
+        reports
+    )
 
 
 @pytest.mark.parametrize(
     "line",
     [
-        b'{"event":"running","task":"x"}',  # no "func", no "at"
-        b'{"event":"running","task":"x","func":"f"}',
-        b'{"event":"running","task":"x","func":"f","at":"soon"}',
-        b'{"event":"running","task":"x","func":"f","at":NaN}',
-        b'{"event":"running","task":"x","func":"f","at":true}',
-        b'{"event":"running","task":7,"func":"f","at":1}',
-        b'{"event":"running","task":"x","func":"f","at":1,"last":"yes"}',
-        b'{"event":"running","task":"x","func":"f","at":1,"retry_data":{}}',
+        b'{"event":"refused"}',
+        b'{"event":"refused","task":"xyz"}',
+        b'{"event":"refused","task":7}',
+        b'{"event":"ready","task":"' + DIGEST.hex().encode() + b'"}',
+        b'{"event":"ready","extra":1}',
+        b'{"event":"running","task":"x","func":"f","at":1}',
         b'{"event":"finished"}',
-        b'["event","idle"]',
+        b'["event","ready"]',
         b"null",
         b"not json at all",
         b"\xff\xfe",
@@ -42,8 +61,8 @@ def test_anything_else_is_a_report_error(line):
 def test_stray_bytes_spoil_only_their_own_line():
     reader = ReportReader()
     # A task wrote half a line to the pipe; the worker's next report still gets through.
-    items = reader.feed(b"garbage without an end" + Idle().encode())
-    assert [type(item) for item in items] == [ReportError, Idle]
+    items = reader.feed(b"garbage without an end" + Ready().encode())
+    assert [type(item) for item in items] == [ReportError, Ready]
 
 
 def test_a_line_that_never_ends_is_dropped_not_kept():
@@ -52,9 +71,88 @@ def test_a_line_that_never_ends_is_dropped_not_kept():
     assert len(errors) == 1 and isinstance(errors[0], ReportError)
     assert len(reader._buffer) <= 1000
     # The end of the long line goes too; what follows it is read again.
-    assert reader.feed(b"x" * 10 + Idle().encode()) == [Idle()]
+    assert reader.feed(b"x" * 10 + Ready().encode()) == [Ready()]
 
 
-def test_without_payloads():
-    running = Running("t1", "f", 1.0, bury_data="{}")
-    assert running.without_payloads() == Running("t1", "f", 1.0)
+def test_a_board_says_what_its_worker_holds_from_the_moment_it_took_it():
+    board = Board()
+    assert board.read() is None
+    board.hold(DIGEST, "a1b2")
+    held = board.read()
+    assert (held.state, held.task_id, held.digest, held.func, held.payload) == (
+        HOLDING,
+        "a1b2",
+        DIGEST,
+        "",
+        None,
+    )
+    assert held.phase == "before it could run it (at import or decode)"
+    board.run("myapp.tasks.send", '{"retries":0}', RETRY_PAYLOAD)
+    running = board.read()
+    assert (running.state, running.func, running.payload, running.payload_kind) == (
+        RUNNING,
+        "myapp.tasks.send",
+        '{"retries":0}',
+        RETRY_PAYLOAD,
+    )
+    assert running.since == held.since  # a timeout counts from the moment it was taken
+    board.idle()
+    assert board.read() is None
+
+
+def test_a_board_keeps_what_it_can():
+    board = Board()
+    long_id = "é" * ID_MAX
+    board.hold(DIGEST, long_id)
+    board.run("f", "x" * (PAYLOAD_MAX + 1), BURY_PAYLOAD)
+    held = board.read()
+    assert not held.complete_id and long_id.startswith(held.task_id)
+    assert held.payload is None  # too long to keep: a timeout then counts a death instead
+    board.hold(DIGEST, "bad-\udcff-bytes")  # ids with bytes that are not UTF-8 survive
+    assert board.read().task_id == "bad-\udcff-bytes"
+
+
+def test_a_board_is_shared_with_a_forked_worker():
+    board = Board()
+    pid = os.fork()
+    if pid == 0:
+        board.hold(DIGEST, "from the child")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert board.read().task_id == "from the child"
+
+
+def test_the_death_table_counts_and_forgets():
+    table = DeathTable()
+    other = task_digest("emails", "c3d4")
+    assert table.lookup(DIGEST) == (0, "")
+    for deaths in range(1, DEATHS_PER_TASK + 1):
+        assert table.record(DIGEST, f"death {deaths}") == deaths
+    assert table.lookup(DIGEST) == (DEATHS_PER_TASK, f"death {DEATHS_PER_TASK}")
+    assert table.lookup(other) == (0, "")
+    table.forget(DIGEST)
+    assert table.lookup(DIGEST) == (0, "")
+    assert table.record(DIGEST, "again") == 1
+
+
+def test_the_death_table_forgets_the_oldest_when_full():
+    table = DeathTable()
+    digests = [task_digest("q", str(n)) for n in range(TABLE_CAPACITY + 10)]
+    for digest in digests:
+        table.record(digest, "x")
+    assert table.lookup(digests[0]) == (0, "")
+    assert table.lookup(digests[-1]) == (1, "x")
+    assert sum(table.lookup(digest)[0] for digest in digests) == TABLE_CAPACITY
+
+
+def test_a_forked_worker_sees_what_the_master_records_after_the_fork():
+    table = DeathTable()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.read(read_end, 1)  # wait for the parent's record
+        os._exit(table.lookup(DIGEST)[0])
+    table.record(DIGEST, "killed by SIGSEGV")
+    os.write(write_end, b"!")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1

@@ -5,20 +5,12 @@ import socket
 import time
 
 import psutil
-import pytest
 
 from alligator.gator import Gator
 
 from . import alligatord_support as support
-from .alligatord_support import Daemons, lines, log_order, sqlite_dsn, write_config
+from .alligatord_support import lines, log_order, sqlite_dsn, write_config
 from .servers import wait_for
-
-
-@pytest.fixture
-def daemons():
-    started = Daemons()
-    yield started
-    started.stop_all()
 
 
 class NotifySocket:
@@ -102,9 +94,19 @@ def assert_up_before_ready(daemon, workers, readies):
 def test_a_refused_reload_during_startup_does_not_send_ready_early(daemons, tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     dsn = sqlite_dsn(tmp_path)
-    config = write_config(tmp_path / "a.ini", dsn, {"a": {"workers": 2}}, graceful_timeout=5)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "slow_start.py").write_text("import time\ntime.sleep(1.5)\n")
+    config = write_config(
+        tmp_path / "a.ini",
+        dsn,
+        {"a": {"workers": 2}},
+        graceful_timeout=5,
+        pythonpath="app",
+        tasks="slow_start",
+    )
     daemon = daemons(config, env={"NOTIFY_SOCKET": notify.path})
-    # While the workers are still starting (a second each), a reload is refused.
+    # While the workers are still starting (their task module takes 1.5 s to import), a
+    # reload is refused.
     wait_for(lambda: "forked" in daemon.log(), message="the first fork")
     config.write_text("[alligatord]\n")
     daemon.send(signal.SIGHUP)

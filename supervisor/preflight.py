@@ -1,0 +1,286 @@
+"""
+Everything a configuration must pass before alligatord runs it, in one function that start,
+``--check`` and every reload call alike: a file is good everywhere or refused everywhere,
+with the same sentence.
+
+``validate`` reads the file (``config.load``), then asks the machine what only it can tell:
+that the pidfile and log file have a directory to live in, that each DSN is accepted by its
+backend, and that every ``preload`` and ``tasks`` module imports. The imports are tried in
+a Python process of its own, so that a module that exits, crashes or hangs at import is
+judged without harm to the running master.
+"""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import replace
+
+from alligator.allowlist import AllowedTasks
+from alligator.backends import client_class
+from alligator.exceptions import AlligatorException, BackendError
+
+from .config import MAIN_SECTION, Config, ConfigError, load, sentence, shown_dsn
+from .systemd import SYSTEMD_VARIABLES
+
+#: The longest the imports may take before the file is refused.
+IMPORT_TIMEOUT = 30.0
+
+#: ``sys.path`` as it was before any ``pythonpath`` was put in front of it.
+BASE_SYS_PATH = list(sys.path)
+
+_MARK = "alligatord-import-check:"
+# Run by a Python of its own: imports each module in turn, saying which before it starts,
+# so that a module that ends the process is named by the last line.
+_IMPORT_SCRIPT = f"""
+import importlib, json, sys
+spec = json.loads(sys.argv[1])
+sys.path[:] = spec["path"]
+def say(**fields):
+    sys.stdout.write({_MARK!r} + json.dumps(fields) + "\\n")
+    sys.stdout.flush()
+for module in spec["modules"]:
+    say(importing=module)
+    try:
+        importlib.import_module(module)
+    except SystemExit as exc:
+        say(failed=module, error=f"it called sys.exit({{exc.code!r}}) at import")
+        sys.exit(0)
+    except BaseException as exc:
+        say(failed=module, error=f"{{type(exc).__name__}}: {{exc}}")
+        sys.exit(0)
+say(done=True)
+"""
+
+
+def validate(path: str, pidfile: str | None = None) -> tuple[Config, list[str]]:
+    """
+    Reads a configuration file and checks it against the machine.
+
+    Ex::
+
+        config, warnings = validate('/etc/alligator/alligator.ini')
+
+    :param pidfile: The ``--pidfile`` given on the command line, which wins over the file's
+    :returns: The configuration, and warnings (one sentence each) that do not refuse it
+    :raises ConfigError: With one sentence naming the file, section and key at fault
+    """
+    config = load(path)
+    if pidfile:
+        config = replace(config, pidfile=os.path.abspath(pidfile))
+    _check_files(config, pidfile_given=bool(pidfile))
+    warnings = check_dsns(config)
+    check_imports(config)
+    return config, warnings + _warnings(config)
+
+
+def worker_sys_path(config: Config) -> list[str]:
+    """
+    ``sys.path`` for the master and its workers: ``pythonpath`` first.
+
+    Ex::
+
+        worker_sys_path(config)  # ['/srv/myapp', '', '/usr/lib/python311.zip', …]
+    """
+    return list(config.pythonpath) + [p for p in BASE_SYS_PATH if p not in config.pythonpath]
+
+
+def use_pythonpath(config: Config) -> None:
+    """
+    Puts ``pythonpath`` in front of this process's ``sys.path`` (in place of the one it had
+    before, on a reload), for the master and the workers it forks from now on.
+
+    Ex::
+
+        use_pythonpath(config)
+    """
+    sys.path[:] = worker_sys_path(config)
+
+
+def _where(config: Config, key: str, given: bool = False) -> str:
+    if given:
+        return f"--{key}"
+    return f"{config.path}, section [{MAIN_SECTION}], key {key}"
+
+
+def _check_files(config: Config, pidfile_given: bool) -> None:
+    for key, path, given in (
+        ("pidfile", config.pidfile, pidfile_given),
+        ("log_file", config.log_file, False),
+    ):
+        if path is None:
+            continue
+        where = _where(config, key, given)
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                f"{where}: the directory {directory} does not exist; create it, writable by "
+                "the user alligatord runs as."
+            )
+        if os.path.isdir(path):
+            raise ConfigError(f"{where}: {path} is a directory; name a file.")
+        target = path if os.path.exists(path) else directory
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"{where}: {target} is not writable by this user.")
+
+
+def check_dsns(config: Config) -> list[str]:
+    """
+    Builds (and closes) one backend client per DSN, to catch what only the backend can
+    judge: its options, a SQLite file's missing directory.
+
+    A backend that cannot be reached now is no configuration error: it is returned as a
+    warning, and workers keep retrying it once started. Anything else a backend raises
+    about its DSN is a ``ConfigError``.
+
+    Ex::
+
+        for warning in check_dsns(config):
+            print(warning)
+
+    :returns: Warnings, one sentence each
+    :raises ConfigError: When a DSN is refused by its backend
+    """
+    warnings = []
+    seen: set[str] = set()
+    for queue in config.queues:
+        dsn = queue.settings.dsn
+        if dsn in seen:
+            continue
+        seen.add(dsn)
+        section = f"[queue:{queue.name}]" if dsn != config.dsn else f"[{MAIN_SECTION}]"
+        where = f"{config.path}, section {section}, key dsn"
+        try:
+            client = client_class(dsn)(dsn)
+        except BackendError as exc:
+            warnings.append(f"The backend of {shown_dsn(dsn)} cannot be reached now: {exc}")
+            continue
+        except AlligatorException as exc:
+            raise ConfigError(f"{where}: {sentence(str(exc))}") from exc
+        except Exception as exc:  # a backend's own parser may raise anything on a bad DSN
+            raise ConfigError(
+                f"{where}: {shown_dsn(dsn)} is refused by its backend "
+                f"({type(exc).__name__}: {sentence(str(exc))[:-1]})."
+            ) from exc
+        client.close()
+    return warnings
+
+
+def _modules_to_import(config: Config) -> dict[str, str]:
+    """Each module to try, and where the file names it first."""
+    modules = {module: f"section [{MAIN_SECTION}], key preload" for module in config.preload}
+    for queue in config.queues:
+        allowed = AllowedTasks(queue.settings.tasks)
+        for module in allowed.modules_to_import():
+            modules.setdefault(module, f"section [queue:{queue.name}], key tasks")
+    return modules
+
+
+def check_imports(config: Config) -> None:
+    """
+    Imports every ``preload`` module and every module (or package, for ``pkg.*``) the
+    ``tasks`` lists name, in a Python process of its own with the workers' ``sys.path``.
+
+    Ex::
+
+        check_imports(config)
+
+    :raises ConfigError: Naming the first module that fails, and how: an exception, an exit
+        or a crash at import, or an import slower than ``IMPORT_TIMEOUT``
+    """
+    modules = _modules_to_import(config)
+    if not modules:
+        return
+    spec = json.dumps({"path": worker_sys_path(config), "modules": list(modules)})
+    env = {key: value for key, value in os.environ.items() if key not in SYSTEMD_VARIABLES}
+    importing = None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORT_SCRIPT, spec],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=env,
+            timeout=IMPORT_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        importing = _last_import(exc.stdout)
+        problem = f"did not finish importing within {IMPORT_TIMEOUT:g}s"
+    except OSError as exc:
+        raise ConfigError(
+            f"{config.path}: cannot start Python to check the imports: {exc}."
+        ) from exc
+    else:
+        importing, problem = _outcome(done)
+    if problem is None:
+        return
+    where = modules.get(importing, f"section [{MAIN_SECTION}]")
+    name = f"cannot import {importing}" if importing else "cannot check the imports"
+    raise ConfigError(f"{config.path}, {where}: {name} ({problem}).")
+
+
+def _lines(output: str | bytes | None) -> list[dict]:
+    if isinstance(output, bytes):
+        output = output.decode("utf-8", "replace")
+    found = []
+    for line in (output or "").splitlines():
+        if line.startswith(_MARK):
+            try:
+                found.append(json.loads(line[len(_MARK) :]))
+            except ValueError:
+                continue
+    return found
+
+
+def _last_import(output: str | bytes | None) -> str | None:
+    importing = [line["importing"] for line in _lines(output) if "importing" in line]
+    return importing[-1] if importing else None
+
+
+def _outcome(done: subprocess.CompletedProcess) -> tuple[str | None, str | None]:
+    """The module being imported when the check ended, and what went wrong (or None)."""
+    lines = _lines(done.stdout)
+    for line in lines:
+        if "failed" in line:
+            return line["failed"], str(line.get("error", "no reason given"))
+    if any(line.get("done") for line in lines):
+        return None, None
+    importing = _last_import(done.stdout)
+    if done.returncode < 0:
+        try:
+            how = f"killed by {signal.Signals(-done.returncode).name}"
+        except ValueError:
+            how = f"killed by signal {-done.returncode}"
+    else:
+        how = f"exited with status {done.returncode}"
+    stderr = done.stderr.strip().splitlines()
+    detail = f"; it said: {stderr[-1][:300]}" if stderr else ""
+    return importing, f"the process {how} at import{detail}"
+
+
+def _warnings(config: Config) -> list[str]:
+    warnings = []
+    open_queues = [queue.name for queue in config.queues if queue.settings.tasks is None]
+    if open_queues:
+        names = ", ".join(repr(name) for name in open_queues)
+        warnings.append(
+            f"Queue(s) {names} run any function a payload names, but those of the standard "
+            f"library, builtins and Alligator: set tasks = myapp.tasks (your task modules; "
+            f"pkg.* for a package) in [{MAIN_SECTION}] or in their [queue:…] section."
+        )
+    secret = any(queue.settings.secrets for queue in config.queues)
+    password = any(shown_dsn(queue.settings.dsn) != queue.settings.dsn for queue in config.queues)
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        mode = 0
+    if (secret or password) and mode & stat.S_IROTH:
+        held = "a signing secret" if secret else "a DSN password"
+        warnings.append(
+            f"{config.path} holds {held} and every user of this host can read it: "
+            f"chmod 0640 it (owner root, group alligatord's)."
+        )
+    return warnings
