@@ -8,10 +8,11 @@ import time
 import pytest
 
 from alligator import Gator, Worker
-from alligator.backends import client_class
+from alligator.backends import EXPIRED_LEASE_DEATH, client_class
 from alligator.exceptions import DuplicateTaskError
 
 from . import tasks
+from .conftest import make_dsn
 from .servers import kill_process, start_latergator, wait_for
 
 CONSUMER = "test-host:1:consumer"
@@ -221,6 +222,211 @@ def test_dead_letters(client, queue_name):
     client.add_dead_letter(queue_name, third, "payload-3", "boom", CONSUMER)
     assert client.purge_dead_letters(queue_name) == 1
     assert client.list_dead_letters(queue_name) == []
+
+
+# Deaths: how many consumers died holding a task, shared by every worker of a queue.
+
+
+@pytest.fixture(params=["locmem", "sqlite", "redis"])
+def counting_backend_dsn(request, tmp_path):
+    """Every backend that counts the deaths of a task's consumers (beanstalkd counts its
+    own, see ``abandoned``)."""
+    return make_dsn(request, tmp_path)
+
+
+@pytest.fixture
+def counting(counting_backend_dsn):
+    client = client_class(counting_backend_dsn())(counting_backend_dsn())
+    yield client
+    client.close()
+
+
+def deaths_of(reserved):
+    return (reserved.deaths, reserved.last_death)
+
+
+def die_holding(client, queue_name, task_id, death, consumer=CONSUMER):
+    """``consumer`` takes the task (which waits at the front of the queue) and dies."""
+    reserved = client.reserve(queue_name, consumer, timeout=2)
+    assert reserved.task_id == task_id
+    assert client.requeue_inflight(queue_name, consumer, death=death) == 1
+    return reserved
+
+
+def test_a_task_counts_the_consumers_that_died_holding_it(counting, queue_name):
+    client = counting
+    client.push(queue_name, "poison", "payload")
+    client.push(queue_name, "fine", "payload")
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert deaths_of(reserved) == (0, "")
+    assert client.requeue_inflight(queue_name, CONSUMER, death="pid 1 killed by SIGKILL") == 1
+    die_holding(client, queue_name, "poison", "pid 2 killed by SIGSEGV", OTHER)
+    die_holding(client, queue_name, "poison", "pid 3 killed by SIGKILL while running it")
+    reserved = client.reserve(queue_name, OTHER)
+    assert reserved.task_id == "poison"
+    assert deaths_of(reserved) == (3, "pid 3 killed by SIGKILL while running it")
+    # Counted per task: the one behind it never died.
+    assert deaths_of(client.reserve(queue_name, CONSUMER)) == (0, "")
+    # Every task a dead consumer held counts its death; get hands out the count too.
+    assert client.requeue_inflight(queue_name, OTHER, death="pid 4 ran out of memory") == 1
+    assert client.requeue_inflight(queue_name, CONSUMER, death="pid 5 hung") == 1
+    assert deaths_of(client.get(queue_name, "fine", OTHER)) == (1, "pid 5 hung")
+    assert deaths_of(client.get(queue_name, "poison", OTHER)) == (4, "pid 4 ran out of memory")
+
+
+def test_a_requeue_without_a_death_counts_none(counting, queue_name):
+    client = counting
+    client.push(queue_name, "t", "payload")
+    die_holding(client, queue_name, "t", "pid 1 killed by SIGKILL")
+    client.reserve(queue_name, CONSUMER)
+    # A graceful stop gives its task back: not a death, and the last reason stays.
+    assert client.requeue_inflight(queue_name, CONSUMER) == 1
+    assert deaths_of(client.reserve(queue_name, CONSUMER)) == (1, "pid 1 killed by SIGKILL")
+    assert client.requeue_inflight(queue_name, CONSUMER) == 1
+    client.push(queue_name, "u", "payload")
+    client.reserve(queue_name, CONSUMER)
+    client.reserve(queue_name, CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER) == 2
+    assert [deaths_of(client.reserve(queue_name, OTHER)) for _ in range(2)] == [
+        (1, "pid 1 killed by SIGKILL"),
+        (0, ""),
+    ]
+
+
+def test_a_consumer_whose_lease_ran_out_counts_as_dead(leased_backend_dsn, queue_name):
+    dsn = leased_backend_dsn(lease=1)
+    client = client_class(dsn)(dsn)
+    client.push(queue_name, "t", "payload")
+    die_holding(client, queue_name, "t", "pid 1 killed by SIGKILL")
+    client.reserve(queue_name, CONSUMER)
+    # CONSUMER never renews its lease (a latergator the OOM killer took, say).
+    wait_for(lambda: client.requeue_expired(queue_name) == 1, message="CONSUMER's lease to end")
+    reserved = client.reserve(queue_name, OTHER)
+    assert (reserved.task_id, deaths_of(reserved)) == ("t", (2, EXPIRED_LEASE_DEATH))
+    assert EXPIRED_LEASE_DEATH == "its worker stopped renewing its lease (it died, or hung)"
+    client.close()
+
+
+def test_an_acked_id_pushed_again_starts_with_no_deaths(counting, queue_name):
+    client = counting
+    client.push(queue_name, "same", "first")
+    die_holding(client, queue_name, "same", "pid 1 killed by SIGKILL")
+    assert client.reserve(queue_name, CONSUMER).deaths == 1
+    client.ack(queue_name, "same", CONSUMER)
+    client.push(queue_name, "same", "second")
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert (reserved.data, deaths_of(reserved)) == ("second", (0, ""))
+
+
+def test_a_stale_ack_leaves_the_count_of_the_new_holder(counting, queue_name):
+    client = counting
+    client.push(queue_name, "t", "payload")
+    client.reserve(queue_name, CONSUMER)
+    client.requeue_inflight(queue_name, CONSUMER, death="pid 1 was taken for dead")
+    client.reserve(queue_name, OTHER)
+    client.ack(queue_name, "t", CONSUMER)  # changes nothing
+    client.requeue_inflight(queue_name, OTHER, death="pid 2 killed by SIGKILL")
+    assert deaths_of(client.reserve(queue_name, OTHER)) == (2, "pid 2 killed by SIGKILL")
+
+
+def test_a_retry_starts_the_count_again(counting, queue_name):
+    client = counting
+    client.push(queue_name, "t", "first try")
+    die_holding(client, queue_name, "t", "pid 1 killed by SIGKILL")
+    assert client.reserve(queue_name, CONSUMER).deaths == 1
+    client.retry(queue_name, "t", CONSUMER, "second try")
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert (reserved.data, deaths_of(reserved)) == ("second try", (0, ""))
+    # A delayed retry too.
+    client.requeue_inflight(queue_name, CONSUMER, death="pid 2 killed by SIGKILL")
+    client.reserve(queue_name, CONSUMER)
+    client.retry(queue_name, "t", CONSUMER, "third try", delay_until=time.time() + 60)
+    assert deaths_of(client.get(queue_name, "t", CONSUMER)) == (0, "")
+
+
+def test_a_dead_letter_forgets_the_count_and_a_requeued_one_starts_again(counting, queue_name):
+    client = counting
+    client.push(queue_name, "requeued", "payload-0")
+    client.push(queue_name, "purged", "payload-1")
+    for task_id in ("requeued", "purged"):
+        die_holding(client, queue_name, task_id, "pid 1 killed by SIGKILL")
+        reserved = client.reserve(queue_name, CONSUMER)
+        assert deaths_of(reserved) == (1, "pid 1 killed by SIGKILL")
+        client.add_dead_letter(queue_name, task_id, reserved.data, "refused", CONSUMER)
+    assert client.requeue_dead_letters(queue_name, ["requeued"]) == 1
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert (reserved.task_id, deaths_of(reserved)) == ("requeued", (0, ""))
+    assert client.purge_dead_letters(queue_name) == 1
+    client.push(queue_name, "purged", "new")
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert (reserved.task_id, deaths_of(reserved)) == ("purged", (0, ""))
+
+
+def test_cancel_and_drop_all_leave_no_count_behind(counting, queue_name):
+    client = counting
+    for task_id in ("running", "canceled", "dropped"):
+        client.push(queue_name, task_id, "old")
+        client.reserve(queue_name, CONSUMER)
+    assert client.requeue_inflight(queue_name, CONSUMER, death="pid 1 killed by SIGKILL") == 3
+    # "running" is in flight, and keeps its count; "dropped" waits in the queue.
+    assert client.reserve(queue_name, OTHER).task_id == "running"
+    assert client.cancel(queue_name, "canceled") == "old"
+    client.drop_all(queue_name)
+    for task_id in ("canceled", "dropped"):
+        client.push(queue_name, task_id, "new")
+        reserved = client.reserve(queue_name, CONSUMER)
+        assert (reserved.task_id, reserved.data, deaths_of(reserved)) == (task_id, "new", (0, ""))
+    client.requeue_inflight(queue_name, OTHER, death="pid 2 killed by SIGKILL")
+    assert deaths_of(client.reserve(queue_name, OTHER)) == (2, "pid 2 killed by SIGKILL")
+
+
+def test_a_waiting_reserve_gets_the_count(counting_backend_dsn, counting, queue_name):
+    client = counting
+    client.push(queue_name, "t", "payload")
+    die_holding(client, queue_name, "t", "pid 1 killed by SIGKILL")
+    client.reserve(queue_name, CONSUMER)
+    got = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(task=client.reserve(queue_name, OTHER, timeout=10))
+    )
+    waiting.start()
+    if counting_backend_dsn.backend == "redis":
+        blocked_on_the_server(client)
+    # CONSUMER dies while OTHER waits: its task goes to OTHER with its two deaths.
+    client.requeue_inflight(queue_name, CONSUMER, death="pid 2 killed by SIGKILL")
+    waiting.join(15)
+    assert got["task"].task_id == "t"
+    assert deaths_of(got["task"]) == (2, "pid 2 killed by SIGKILL")
+
+
+def blocked_on_the_server(client):
+    """Waits until a reserve through this Redis client blocks in BLMOVE."""
+    admin = client._redis
+    wait_for(
+        lambda: any(c["cmd"] == "blmove" for c in admin.client_list()),
+        message="the reserve to block on the server",
+    )
+
+
+def test_a_task_that_died_keeps_its_id_unique(keyed_backend_dsn, queue_name):
+    client = client_class(keyed_backend_dsn())(keyed_backend_dsn())
+    client.push(queue_name, "same", "first")
+    die_holding(client, queue_name, "same", "pid 1 killed by SIGKILL")
+    with pytest.raises(DuplicateTaskError):
+        client.push(queue_name, "same", "again")
+    assert deaths_of(client.reserve(queue_name, CONSUMER)) == (1, "pid 1 killed by SIGKILL")
+    client.close()
+
+
+def test_beanstalk_takes_a_death_and_counts_none(beanstalkd, queue_name):
+    dsn = f"beanstalk://{beanstalkd.host}:{beanstalkd.port}/"
+    client = client_class(dsn)(dsn)
+    task_id = client.push(queue_name, "ignored", "payload")
+    assert deaths_of(client.reserve(queue_name, CONSUMER, timeout=1)) == (0, "")
+    assert client.requeue_inflight(queue_name, CONSUMER, death="pid 1 killed by SIGKILL") == 1
+    reserved = client.reserve(queue_name, CONSUMER, timeout=1)
+    assert (reserved.task_id, deaths_of(reserved)) == (task_id, (0, ""))
+    client.close()
 
 
 # Bytes that are not UTF-8, as every backend hands them out: surrogate escapes.

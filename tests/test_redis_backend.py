@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from alligator.backends import Reserved
+from alligator.backends import EXPIRED_LEASE_DEATH, Reserved
 from alligator.backends.redis_backend import Client
 from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from alligator.gator import Gator
@@ -109,6 +109,7 @@ def test_defaults_and_options_from_the_dsn():
     client = Client("redis://localhost/3?lease=2.5&prefix=shop&socket_timeout=1.5")
     assert (client.lease, client.prefix, client.socket_timeout) == (2.5, "shop", 1.5)
     assert client.keys("emails").inflight("c1") == "shop:{emails}:inflight:c1"
+    assert client.keys("emails").deaths == "shop:{emails}:deaths"
     assert client.where == "redis://localhost:6379/3"
     # The password stays out of every message.
     assert "secret" not in Client("redis://user:secret@localhost:6379/0").where
@@ -249,6 +250,8 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
             client.add_dead_letter(queue_name, ids[1], "payload", "boom", OTHER)
             client.retry(queue_name, ids[0], CONSUMER, "again", delay_until=time.time() + 60)
             client.requeue_expired(queue_name)
+            client.reserve(queue_name, CONSUMER)
+            client.requeue_inflight(queue_name, CONSUMER, death="killed")
 
     keys = admin.keys("*")
     assert keys
@@ -264,6 +267,7 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
         by_queue.setdefault(owner[0], set()).add(key_slot(key.encode()))
         assert key not in task_ids
     assert len(by_queue) == 4
+    assert "alligator:{emails}:deaths" in keys and "shop:{reports.daily:v2}:deaths" in keys
     # One Redis Cluster slot per queue: its scripts never cross slots.
     assert all(len(slots) == 1 for slots in by_queue.values())
 
@@ -395,6 +399,82 @@ def test_reserve_wakes_for_a_known_delayed_task_at_its_time(client, queue_name):
     assert due <= time.time() < due + 0.3
 
 
+# Deaths.
+
+
+def test_deaths_live_in_one_hash_per_queue_as_count_and_reason(redis, client, queue_name):
+    keys = client.keys(queue_name)
+    admin = raw(redis, encoding_errors="surrogateescape")
+    client.push(queue_name, "t", "payload")
+    client.reserve(queue_name, CONSUMER)
+    reason = "pid 7: killed by SIGKILL while running it, \u00e9t\u00e9 \udcff"
+    client.requeue_inflight(queue_name, CONSUMER, death=reason)
+    assert admin.hgetall(keys.deaths) == {"t": f"1:{reason}"}
+    client.reserve(queue_name, CONSUMER)
+    client.requeue_inflight(queue_name, CONSUMER, death="pid 8 hung")
+    assert admin.hgetall(keys.deaths) == {"t": "2:pid 8 hung"}
+    client.reserve(queue_name, CONSUMER)
+    client.requeue_inflight(queue_name, CONSUMER, death=reason)
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert (reserved.deaths, reserved.last_death) == (3, reason)
+    client.ack(queue_name, "t", CONSUMER)
+    assert admin.exists(keys.deaths) == 0
+
+
+def test_a_counted_task_comes_back_in_one_round_trip(redis, client, queue_name):
+    client.push(queue_name, "warm", "up")  # loads the scripts once
+    raw(redis).script_load(client._fetch.script)  # the one only a BLMOVE that got a task runs
+    client.reserve(queue_name, CONSUMER)
+    client.requeue_inflight(queue_name, CONSUMER, death="pid 1 killed by SIGKILL")
+    with CommandLog(redis, 0) as sent:
+        reserved = client.reserve(queue_name, CONSUMER)
+        assert names(sent.read()) == ["EVALSHA"]
+    assert (reserved.deaths, reserved.last_death) == (1, "pid 1 killed by SIGKILL")
+    client.requeue_inflight(queue_name, CONSUMER, death="pid 2 killed by SIGKILL")
+    client.reserve(queue_name, CONSUMER)  # CONSUMER holds the task while OTHER waits
+    got = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(task=client.reserve(queue_name, OTHER, timeout=5))
+    )
+    admin = raw(redis)
+    admin.ping()
+    with CommandLog(redis, 0) as sent:
+        waiting.start()
+        wait_for(
+            lambda: any(c["cmd"] == "blmove" for c in admin.client_list()),
+            message="the reserve to block on the server",
+        )
+        # CONSUMER dies: its task goes to the waiting BLMOVE, and the fetch script riding
+        # with it reads the task's deaths.
+        client.requeue_inflight(queue_name, CONSUMER, death="pid 3 killed by SIGKILL")
+        waiting.join(10)
+        commands = [name for name in names(sent.read()) if name != "HELLO"]  # new connections
+    assert got["task"].task_id == "warm"
+    assert (got["task"].deaths, got["task"].last_death) == (3, "pid 3 killed by SIGKILL")
+    # The reserve script, the BLMOVE and its fetch script; the requeue script. Nothing more.
+    assert sorted(commands) == ["BLMOVE", "EVALSHA", "EVALSHA", "EVALSHA"], commands
+
+
+def test_an_expired_sweep_counts_the_tasks_of_each_dead_consumer(redis, prefix, queue_name):
+    client = Client(dsn_for(redis, prefix=prefix, lease=0.5))
+    consumers = [f"host:{n}:c" for n in range(5)]
+    for n, consumer_id in enumerate(consumers):
+        client.push(queue_name, f"t{n}", "payload")
+        client.reserve(queue_name, consumer_id)
+    alive = consumers[1::2]
+
+    def swept() -> int:
+        for consumer_id in alive:
+            client.keepalive(queue_name, consumer_id)
+        return client.requeue_expired(queue_name)
+
+    wait_for(lambda: swept() == 3, message="three leases to end")
+    deaths = raw(redis).hgetall(client.keys(queue_name).deaths)
+    assert deaths == {f"t{n}": f"1:{EXPIRED_LEASE_DEATH}" for n in (0, 2, 4)}
+    assert client.requeue_inflight(queue_name, alive[0]) == 1  # a graceful stop: no death
+    assert raw(redis).hlen(client.keys(queue_name).deaths) == 3
+
+
 # Leases, requeues and the lost-reply rescue.
 
 
@@ -442,7 +522,11 @@ def test_a_lost_reserve_reply_does_not_strand_the_task(redis, prefix, queue_name
     inflight = client.keys(queue_name).inflight(CONSUMER)
     wait_for(lambda: raw(redis).lrange(inflight, 0, -1) == ["lost", "kept"])
 
-    assert client.reserve(queue_name, CONSUMER).task_id == "lost"
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert reserved.task_id == "lost"
+    # Its consumer is alive: returning it was no death.
+    assert (reserved.deaths, reserved.last_death) == (0, "")
+    assert raw(redis).exists(client.keys(queue_name).deaths) == 0
     # The task the caller did get stays with it.
     assert client.requeue_inflight(queue_name, CONSUMER) == 2
 
@@ -623,11 +707,15 @@ def test_an_id_is_free_again_once_its_task_is_gone(client, queue_name):
 
 def test_an_id_without_a_payload_is_skipped(redis, client, queue_name):
     # E.g. a list edited by hand: there is nothing to run, and no task may come out empty.
-    raw(redis).rpush(client.keys(queue_name).ready, "stray")
+    keys = client.keys(queue_name)
+    raw(redis).rpush(keys.ready, "stray")
+    raw(redis).hset(keys.deaths, "stray", "2:killed")
     client.push(queue_name, "t", "payload")
     assert client.reserve(queue_name, CONSUMER).task_id == "t"
     assert client.reserve(queue_name, CONSUMER) is None
     assert client.requeue_inflight(queue_name, CONSUMER) == 1
+    # Its deaths went with it: a task pushed under that id starts at 0.
+    assert raw(redis).hexists(keys.deaths, "stray") == 0
 
 
 def test_gator_on_redis(redis, prefix, queue_name, tmp_path):

@@ -236,6 +236,76 @@ def test_a_newer_schema_version_is_refused(db_path):
     assert rows(db_path, "SELECT name FROM sqlite_master") == []
 
 
+# The schema of version 1, as Alligator wrote it before it counted deaths.
+SCHEMA_V1 = (
+    """CREATE TABLE alligator_tasks (
+        seq INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        data TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('ready', 'delayed', 'inflight', 'dead')),
+        due REAL,
+        consumer_id TEXT,
+        expires REAL,
+        error TEXT,
+        failed_at REAL,
+        UNIQUE (queue, task_id)
+    )""",
+    "CREATE INDEX alligator_tasks_by_state ON alligator_tasks (queue, state, seq)",
+    "CREATE INDEX alligator_tasks_by_due ON alligator_tasks (queue, due) WHERE state = 'delayed'",
+    "PRAGMA user_version = 1",
+)
+
+
+def test_a_version_1_file_is_upgraded_in_place(db_path, queue_name):
+    conn = sqlite3.connect(db_path)
+    for statement in SCHEMA_V1:
+        conn.execute(statement)
+    insert = (
+        "INSERT INTO alligator_tasks (queue, task_id, data, state, consumer_id, expires, "
+        "error, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    conn.execute(insert, (queue_name, "running", "p0", "inflight", CONSUMER, 1e12, None, None))
+    conn.execute(insert, (queue_name, "waiting", "p1", "ready", None, None, None, None))
+    conn.execute(insert, (queue_name, "dead", "p2", "dead", None, None, "boom", 1.0))
+    conn.commit()
+    conn.close()
+
+    client = Client(dsn_for(db_path))
+    assert SCHEMA_VERSION == 2
+    assert rows(db_path, "PRAGMA user_version") == [(2,)]
+    columns = {
+        name: (kind, notnull, default)
+        for _, name, kind, notnull, default, _ in rows(
+            db_path, "PRAGMA table_info(alligator_tasks)"
+        )
+    }
+    assert columns["deaths"] == ("INTEGER", 1, "0")
+    assert columns["last_death"] == ("TEXT", 0, None)
+    # Every task is still there, with no deaths counted.
+    assert rows(
+        db_path, "SELECT task_id, state, deaths, last_death FROM alligator_tasks ORDER BY seq"
+    ) == [
+        ("running", "inflight", 0, None),
+        ("waiting", "ready", 0, None),
+        ("dead", "dead", 0, None),
+    ]
+    reserved = client.reserve(queue_name, "other")
+    assert reserved == Reserved("waiting", "p1", 0, "")
+    assert client.list_dead_letters(queue_name)[0].error == "boom"
+    # The task a version-1 worker held when it died counts that death.
+    assert client.requeue_inflight(queue_name, CONSUMER, death="pid 1 killed by SIGKILL") == 1
+    assert client.reserve(queue_name, "other") == Reserved(
+        "running", "p0", 1, "pid 1 killed by SIGKILL"
+    )
+    client.close()
+    # Opened again, it is left as it is.
+    again = Client(dsn_for(db_path))
+    assert rows(db_path, "PRAGMA user_version") == [(2,)]
+    assert again.len(queue_name) == 0
+    again.close()
+
+
 def test_missing_directory_is_named_and_not_created(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(InvalidDSNError) as caught:
@@ -401,6 +471,37 @@ def test_a_stale_consumer_leaves_the_new_holders_row_untouched(client, db_path, 
     client.add_dead_letter(queue_name, "t", "changed", "boom", CONSUMER)
     client.ack(queue_name, "t", CONSUMER)
     assert rows(db_path, everything) == before  # same seq, state, holder and lease
+
+
+@CLAIMS
+def test_every_claim_reads_the_deaths_with_the_row(
+    client, db_path, queue_name, monkeypatch, returning
+):
+    monkeypatch.setattr(sqlite_backend, "HAS_RETURNING", returning)
+    for task_id in ("a", "b", "c"):
+        client.push(queue_name, task_id, "payload")
+        client.reserve(queue_name, CONSUMER)
+    assert client.reserve(queue_name, CONSUMER) is None  # the queue is idle again
+    assert client.requeue_inflight(queue_name, CONSUMER, death="pid 1: killed by SIGKILL") == 3
+    assert client.requeue_inflight(queue_name, CONSUMER, death="never held a thing") == 0
+    assert rows(db_path, "SELECT DISTINCT deaths, last_death FROM alligator_tasks") == [
+        (1, "pid 1: killed by SIGKILL")
+    ]
+    # The idle path (a look, then a claim), then the busy one (a claim without a look).
+    taken = [client.reserve(queue_name, CONSUMER) for _ in range(2)]
+    assert [(r.task_id, r.deaths, r.last_death) for r in taken] == [
+        ("a", 1, "pid 1: killed by SIGKILL"),
+        ("b", 1, "pid 1: killed by SIGKILL"),
+    ]
+    assert client.get(queue_name, "c", CONSUMER).deaths == 1
+    # A retry and a dead letter leave no count in the row.
+    client.retry(queue_name, "a", CONSUMER, "again")
+    client.add_dead_letter(queue_name, "b", "payload", "boom", CONSUMER)
+    assert rows(
+        db_path,
+        "SELECT task_id, deaths, last_death FROM alligator_tasks WHERE task_id != 'c' "
+        "ORDER BY task_id",
+    ) == [("a", 0, None), ("b", 0, None)]
 
 
 def test_requeue_named_dead_letters_oldest_first(client, queue_name):

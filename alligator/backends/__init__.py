@@ -20,6 +20,20 @@ that saw it die) or ``requeue_expired`` (called by any live worker once the cons
 lease ran out) puts the task back at the front of its queue. Live consumers renew their
 lease with ``keepalive`` every ``lease / 3`` seconds.
 
+A backend counts, per task, the consumers that died holding it, so that a task that kills
+whatever runs it can be refused after a few deaths, by any worker on any host. A death is
+counted when ``requeue_inflight`` is given the reason a consumer died (``death``), and for
+every task ``requeue_expired`` returns (``EXPIRED_LEASE_DEATH``), in the same atomic step
+that puts the task back. ``reserve`` (and ``get``) hand the count and the latest reason
+out with the task, as ``Reserved.deaths`` and ``Reserved.last_death``. Nothing else
+counts: not a ``requeue_inflight`` without a reason (a graceful stop), not a retry, not a
+task a backend takes back because the reply that handed it out was lost. The count
+belongs to one payload of one task: ``ack``, ``cancel``, ``drop_all`` and
+``add_dead_letter`` (with a consumer id) forget it with the task, ``retry`` and
+``requeue_dead_letters`` start it again at 0, and a new ``push`` of an id starts at 0. A
+backend whose server returns a dead consumer's tasks by itself (beanstalkd) counts
+nothing: its tasks always come with 0 deaths, and ``abandoned`` asks the server instead.
+
 Task ids are unique within a queue: pushing an id that is waiting, in flight or dead in
 that queue raises ``DuplicateTaskError`` (a backend that assigns its own ids never does).
 Only the consumer holding a task settles it: ``ack``, ``retry`` and ``add_dead_letter``
@@ -58,12 +72,27 @@ BACKENDS = {
 }
 
 
+#: The reason ``requeue_expired`` gives for each death it counts.
+EXPIRED_LEASE_DEATH = "its worker stopped renewing its lease (it died, or hung)"
+
+
 @dataclass(frozen=True)
 class Reserved:
-    """A task handed to a consumer: its id and its payload."""
+    """
+    A task handed to a consumer: its id, its payload, and how many consumers died holding
+    it since it was last pushed, retried or requeued from the dead letters (``deaths``),
+    with the reason given for the latest of those deaths (``last_death``, ``""`` when none).
+
+    Ex::
+
+        reserved = client.reserve('emails', 'host:4242:a1b2')
+        reserved.deaths, reserved.last_death  # (1, 'pid 4250 killed by SIGKILL while running it')
+    """
 
     task_id: str
     data: str
+    deaths: int = 0
+    last_death: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,7 +134,8 @@ class Client:
         self, queue_name: str, task_id: str, data: str, delay_until: float | None = None
     ) -> str:
         """
-        Adds a task at the back of the queue, or holds it until ``delay_until``.
+        Adds a task at the back of the queue, or holds it until ``delay_until``. It starts
+        with no deaths counted, even under the id of a task that is gone.
 
         Ex::
 
@@ -127,9 +157,15 @@ class Client:
         can; ``poll_interval`` is the longest pause between looks for a backend that must
         poll). Due delayed tasks become ready first.
 
+        The task comes with how many consumers died holding it and why the last one did
+        (``Reserved.deaths``, ``Reserved.last_death``), read in the same step: a backend that
+        counts deaths must not spend a round trip more on them.
+
         Ex::
 
             reserved = client.reserve('emails', 'host:4242:a1b2', timeout=1.0)
+            if reserved is not None and reserved.deaths >= 3:
+                ...  # it killed three workers: refuse it
 
         :returns: A ``Reserved`` or ``None`` when the queue stayed empty
         """
@@ -137,8 +173,8 @@ class Client:
 
     def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
         """
-        Removes a finished task from ``consumer_id``'s in-flight set, for good. Does nothing
-        if ``consumer_id`` does not hold it.
+        Removes a finished task from ``consumer_id``'s in-flight set, for good, with its
+        count of deaths. Does nothing if ``consumer_id`` does not hold it.
 
         Ex::
 
@@ -155,8 +191,8 @@ class Client:
         delay_until: float | None = None,
     ) -> str:
         """
-        Replaces an in-flight task's payload and makes it ready again (or delayed). Does
-        nothing if ``consumer_id`` does not hold it.
+        Replaces an in-flight task's payload and makes it ready again (or delayed), with
+        its count of deaths back at 0. Does nothing if ``consumer_id`` does not hold it.
 
         Ex::
 
@@ -166,16 +202,24 @@ class Client:
         """
         raise NotImplementedError
 
-    def requeue_inflight(self, queue_name: str, consumer_id: str) -> int:
+    def requeue_inflight(self, queue_name: str, consumer_id: str, death: str | None = None) -> int:
         """
         Puts every task ``consumer_id`` holds back at the front of the queue.
 
-        Called for a consumer known to be dead (e.g. a reaped worker process).
+        Called for a consumer known to be dead (e.g. a reaped worker process), or one that
+        stopped for good without finishing its tasks. With ``death``, one sentence saying
+        why the consumer died, each task it held counts one more death, with ``death`` as
+        its latest reason, in the same atomic step as its move. Without it (a graceful
+        stop) no count changes.
 
         Ex::
 
             client.requeue_inflight('emails', 'host:4242:a1b2')
+            client.requeue_inflight(
+                'emails', 'host:4250:c3d4', death='pid 4250 killed by SIGKILL while running it'
+            )
 
+        :param death: Why the consumer died; ``None`` when it did not die
         :returns: How many tasks were requeued
         """
         raise NotImplementedError
@@ -194,6 +238,9 @@ class Client:
         """
         Puts the in-flight tasks of consumers whose lease ran out back at the front.
 
+        Such a consumer died or hung holding them: each task counts one more death, with
+        ``EXPIRED_LEASE_DEATH`` as its latest reason, in the same atomic step as its move.
+
         Ex::
 
             client.requeue_expired('emails')
@@ -204,7 +251,8 @@ class Client:
 
     def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
         """
-        Like ``reserve``, for one specific ready or delayed task.
+        Like ``reserve``, for one specific ready or delayed task. A backend may leave
+        ``deaths`` and ``last_death`` at their defaults here; the ones shipped fill them in.
 
         Ex::
 
@@ -216,7 +264,7 @@ class Client:
 
     def cancel(self, queue_name: str, task_id: str) -> str | None:
         """
-        Removes a ready or delayed task before it runs.
+        Removes a ready or delayed task before it runs, with its count of deaths.
 
         Ex::
 
@@ -238,8 +286,8 @@ class Client:
 
     def drop_all(self, queue_name: str) -> None:
         """
-        Removes every ready and delayed task of a queue. In-flight tasks and dead letters
-        stay.
+        Removes every ready and delayed task of a queue, with their counts of deaths.
+        In-flight tasks and dead letters stay, and so do the counts of in-flight tasks.
 
         Ex::
 
@@ -258,8 +306,8 @@ class Client:
         """
         Stores a failed task in the queue's dead-letter store with its error text.
 
-        With ``consumer_id``, the task leaves that consumer's in-flight set in the same step,
-        and nothing happens if that consumer does not hold it.
+        With ``consumer_id``, the task leaves that consumer's in-flight set, and its count of
+        deaths goes, in the same step; nothing happens if that consumer does not hold it.
 
         Ex::
 
@@ -280,7 +328,8 @@ class Client:
 
     def requeue_dead_letters(self, queue_name: str, task_ids: list[str] | None = None) -> int:
         """
-        Moves dead letters (all, or those in ``task_ids``) back to the end of the queue.
+        Moves dead letters (all, or those in ``task_ids``) back to the end of the queue,
+        each with its count of deaths at 0.
 
         Ex::
 

@@ -35,6 +35,10 @@ Parts of the contract that beanstalkd does not have are built from what it has:
   dead process came back when its connection closed. ``requeue_expired`` has nothing to
   do: beanstalkd itself returns jobs whose time-to-run ran out.
 
+One part is left out: this client counts no deaths. ``Reserved.deaths`` is always 0, and
+``requeue_inflight`` ignores its ``death``. beanstalkd returns a dead consumer's jobs by
+itself and counts those takes itself, which ``abandoned`` reads.
+
 A job body is bytes. One that is not UTF-8 (put there by another program) comes back as a
 ``str`` with those bytes as surrogate escapes (Python's ``surrogateescape``), and is put
 as the same bytes when written back, e.g. to the dead letters: nothing is lost or changed.
@@ -434,16 +438,23 @@ class Client(BaseClient):
             conn.delete(job_id)
         return str(new_id)
 
-    def requeue_inflight(self, queue_name: str, consumer_id: str) -> int:
+    def requeue_inflight(self, queue_name: str, consumer_id: str, death: str | None = None) -> int:
         """
         Releases the jobs ``consumer_id`` reserved through this client, to the front of the
         queue. Jobs reserved through another connection cannot be released from here; those
         of a dead process went back to their queue when its connection closed.
 
+        ``death`` is accepted and ignored: this backend counts no deaths, and its tasks
+        always come with ``deaths == 0``. beanstalkd puts a dead consumer's jobs back by
+        itself when its connection closes, so a supervisor's call finds nothing to release
+        here; a job's body cannot change, so there is nowhere to keep a count; and the
+        server already counts such takes (see ``abandoned``).
+
         Ex::
 
             client.requeue_inflight('emails', 'host:4242:a1b2')
 
+        :param death: Why the consumer died; not used
         :returns: How many jobs were released
         """
         self._tube(queue_name)

@@ -8,6 +8,11 @@ condition variable, not a sleep loop.
 
 Delivery: FIFO within a queue; at-least-once within the process (in-flight tasks return
 to the front on ``requeue_inflight`` or when their consumer's lease expires).
+
+Deaths: each queue keeps, in a dict beside its tasks, the deaths counted for a task (by
+``requeue_inflight`` with a ``death``, and by ``requeue_expired``) and the latest reason;
+a task that leaves the queue takes its entry with it, and ``retry`` and
+``requeue_dead_letters`` remove it.
 """
 
 import heapq
@@ -18,8 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..exceptions import DuplicateTaskError
+from . import EXPIRED_LEASE_DEATH, DeadLetter, Reserved, dsn_options, storable_text
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options, storable_text
 
 
 @dataclass
@@ -29,6 +34,7 @@ class _Queue:
     delayed_data: dict = field(default_factory=dict)  # task_id -> data
     inflight: dict = field(default_factory=dict)  # task_id -> (consumer_id, data)
     dead: OrderedDict = field(default_factory=OrderedDict)  # task_id -> DeadLetter
+    deaths: dict = field(default_factory=dict)  # task_id -> (deaths, last death); none: 0
 
 
 class _Store:
@@ -104,7 +110,8 @@ class Client(BaseClient):
     def _take(self, queue: _Queue, task_id: str, data: str, consumer_id: str) -> Reserved:
         queue.inflight[task_id] = (consumer_id, data)
         self._store.lease_ends[consumer_id] = time.monotonic() + self.lease
-        return Reserved(task_id, data)
+        deaths, last_death = queue.deaths.get(task_id, (0, ""))
+        return Reserved(task_id, data, deaths, last_death)
 
     def reserve(self, queue_name, consumer_id, timeout=0.0, poll_interval=0.1):
         store = self._store
@@ -131,31 +138,36 @@ class Client(BaseClient):
 
     def ack(self, queue_name, task_id, consumer_id):
         with self._store.changed:
-            self._release(self._store.queue(queue_name), task_id, consumer_id)
+            queue = self._store.queue(queue_name)
+            if self._release(queue, task_id, consumer_id):
+                queue.deaths.pop(task_id, None)
 
     def retry(self, queue_name, task_id, consumer_id, data, delay_until=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
             if self._release(queue, task_id, consumer_id):
+                queue.deaths.pop(task_id, None)
                 self._add(queue, task_id, data, delay_until)
                 self._store.changed.notify_all()
         return task_id
 
-    def _requeue_front(self, queue: _Queue, task_ids: list[str]) -> int:
+    def _requeue_front(self, queue: _Queue, task_ids: list[str], death: str | None) -> int:
         # Reversed, so that the oldest in-flight task ends up first.
         for task_id in reversed(task_ids):
             _, data = queue.inflight.pop(task_id)
+            if death is not None:
+                queue.deaths[task_id] = (queue.deaths.get(task_id, (0, ""))[0] + 1, death)
             queue.ready[task_id] = data
             queue.ready.move_to_end(task_id, last=False)
         if task_ids:
             self._store.changed.notify_all()
         return len(task_ids)
 
-    def requeue_inflight(self, queue_name, consumer_id):
+    def requeue_inflight(self, queue_name, consumer_id, death=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
             held = [tid for tid, (owner, _) in queue.inflight.items() if owner == consumer_id]
-            return self._requeue_front(queue, held)
+            return self._requeue_front(queue, held, None if death is None else str(death))
 
     def keepalive(self, queue_name, consumer_id):
         with self._store.changed:
@@ -170,7 +182,7 @@ class Client(BaseClient):
                 del store.lease_ends[owner]
             queue = store.queue(queue_name)
             expired = [tid for tid, (owner, _) in queue.inflight.items() if owner in gone]
-            return self._requeue_front(queue, expired)
+            return self._requeue_front(queue, expired, EXPIRED_LEASE_DEATH)
 
     def _remove_waiting(self, queue: _Queue, task_id: str) -> str | None:
         if task_id in queue.ready:
@@ -185,7 +197,11 @@ class Client(BaseClient):
 
     def cancel(self, queue_name, task_id):
         with self._store.changed:
-            return self._remove_waiting(self._store.queue(queue_name), task_id)
+            queue = self._store.queue(queue_name)
+            data = self._remove_waiting(queue, task_id)
+            if data is not None:
+                queue.deaths.pop(task_id, None)
+            return data
 
     def len(self, queue_name):
         with self._store.changed:
@@ -195,6 +211,8 @@ class Client(BaseClient):
     def drop_all(self, queue_name):
         with self._store.changed:
             queue = self._store.queue(queue_name)
+            for task_id in itertools.chain(queue.ready, queue.delayed_data):
+                queue.deaths.pop(task_id, None)
             queue.ready.clear()
             queue.delayed.clear()
             queue.delayed_data.clear()
@@ -202,7 +220,10 @@ class Client(BaseClient):
     def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            if consumer_id is None or self._release(queue, task_id, consumer_id):
+            if consumer_id is None:
+                queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
+            elif self._release(queue, task_id, consumer_id):
+                queue.deaths.pop(task_id, None)
                 queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
 
     def list_dead_letters(self, queue_name):
@@ -217,6 +238,7 @@ class Client(BaseClient):
             )
             for task_id in chosen:
                 queue.ready[task_id] = queue.dead.pop(task_id).data
+                queue.deaths.pop(task_id, None)
             if chosen:
                 self._store.changed.notify_all()
             return len(chosen)

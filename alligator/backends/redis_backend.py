@@ -43,11 +43,32 @@ Delivery semantics:
 - **Lost replies.** When a reply to ``reserve``, ``get`` or a settling call is lost (a
   timeout, a dropped connection), the next ``reserve`` for that consumer returns to the
   front of the queue any in-flight task this client did not hand out, so a live worker
-  never sits on a task it does not know about. A consumer id belongs to one client.
+  never sits on a task it does not know about. A consumer id belongs to one client. Such
+  a task counts no death: its consumer is alive.
+- **Deaths.** ``requeue_inflight`` with a ``death`` and ``requeue_expired`` count one death
+  per task they return, in the script that moves it, in the queue's ``deaths`` hash (task
+  id -> ``"N:reason"``). The reserve script, and the fetch script that rides with a
+  BLMOVE, read it with the payload: for a task no consumer died holding, that costs one
+  HGET in the script and no byte more in the reply. ``ack``, ``retry``, ``cancel``, ``drop_all``,
+  ``add_dead_letter`` (with a consumer id) and ``requeue_dead_letters`` delete the task's
+  field in the script that moves or removes the task, so a new push of an id starts at 0.
 
-Every key starts with ``prefix:{queue}:`` — one Redis Cluster hash tag per queue, so each
-script touches a single slot. Connection and timeout errors raise ``BackendError`` with
-the redis-py error as its cause. A client is safe to share between threads.
+Key layout, for queue ``q`` (every key starts with ``prefix:{q}:`` — one Redis Cluster hash
+tag per queue, so each script touches a single slot)::
+
+    prefix:{q}:ready             list        ids ready to run, the next one first
+    prefix:{q}:delayed           sorted set  delayed ids, scored by due time (epoch seconds)
+    prefix:{q}:data              hash        id -> payload (ready, delayed and in flight)
+    prefix:{q}:inflight:<cid>    list        ids consumer <cid> holds, newest first
+    prefix:{q}:lease:<cid>       string      present while <cid>'s lease runs
+    prefix:{q}:consumers         set         consumer ids that may hold tasks
+    prefix:{q}:deaths            hash        id -> "N:reason": N consumers died holding it,
+                                             the latest for that reason (no field: none)
+    prefix:{q}:dead              hash        id -> JSON record: payload, error, failed_at
+    prefix:{q}:dead:order        list        dead-letter ids, oldest first
+
+Connection and timeout errors raise ``BackendError`` with the redis-py error as its cause.
+A client is safe to share between threads.
 
 Payloads and ids that another program stored as bytes that are not UTF-8 come back as
 ``str`` with those bytes as surrogate escapes (Python's ``surrogateescape``), and are
@@ -68,8 +89,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
-from . import Client as BaseClient
 from . import (
+    EXPIRED_LEASE_DEATH,
     DeadLetter,
     Reserved,
     dsn_options,
@@ -78,6 +99,7 @@ from . import (
     split_dsn,
     storable_text,
 )
+from . import Client as BaseClient
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +151,14 @@ local function hold(consumers, lease, consumer, lease_ms)
 end
 """
 
+# One more death for a task, with its reason: the deaths hash holds "N:reason" per id.
+_COUNT_DEATH = """
+local function count_death(deaths, id, reason)
+  local n = tonumber(string.match(redis.call('HGET', deaths, id) or '', '^%d+')) or 0
+  redis.call('HSET', deaths, id, (n + 1) .. ':' .. reason)
+end
+"""
+
 # Stores a payload and puts its id in the queue, or holds it until it is due.
 _ENQUEUE = (
     _NOW
@@ -156,8 +186,9 @@ return 1
 """
 )
 
-# KEYS: ready, delayed, data, inflight, lease, consumers. ARGV: consumer, lease ms, batch.
-# Returns {id, payload}, or the milliseconds until the next delayed task is due (-1: none).
+# KEYS: ready, delayed, data, inflight, lease, consumers, deaths. ARGV: consumer, lease ms,
+# batch. Returns {id, payload, deaths} ({id, payload} when it never died), or the
+# milliseconds until the next delayed task is due (-1: none).
 _RESERVE = (
     _NOW
     + _HOLD
@@ -173,9 +204,10 @@ while true do
   local id = redis.call('LMOVE', KEYS[1], KEYS[4], 'LEFT', 'LEFT')
   if not id then break end
   local data = redis.call('HGET', KEYS[3], id)
-  if data then return {id, data} end
+  if data then return {id, data, redis.call('HGET', KEYS[7], id)} end
   -- An id without a payload (e.g. a list edited by hand) has nothing to run: drop it.
   redis.call('LPOP', KEYS[4])
+  redis.call('HDEL', KEYS[7], id)
 end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if nxt[2] then return math.max(0, math.ceil((tonumber(nxt[2]) - t) * 1000)) end
@@ -184,58 +216,81 @@ return -1
 )
 
 # Runs right after a BLMOVE in the same pipeline: the task it moved is at the head.
-# KEYS: inflight, data, lease, consumers. ARGV: consumer, lease ms.
+# KEYS: inflight, data, lease, consumers, deaths. ARGV: consumer, lease ms.
+# Returns {id, payload, deaths} ({id, payload} when it never died; {id} without a payload).
 _FETCH = (
     _HOLD
     + """
 local id = redis.call('LINDEX', KEYS[1], 0)
 if not id then return nil end
 hold(KEYS[4], KEYS[3], ARGV[1], ARGV[2])
-return {id, redis.call('HGET', KEYS[2], id)}
+local data = redis.call('HGET', KEYS[2], id)
+if not data then return {id} end
+return {id, data, redis.call('HGET', KEYS[5], id)}
 """
 )
 
-# KEYS: inflight, data. ARGV: id.
+# KEYS: inflight, data, deaths. ARGV: id.
 _ACK = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
   return 1
 end
 return 0
 """
 
-# KEYS: inflight, data, ready, delayed. ARGV: id, payload, due ('' for none).
+# KEYS: inflight, data, ready, delayed, deaths. ARGV: id, payload, due ('' for none).
 _RETRY = (
     _ENQUEUE
     + """
 -- Not held by this consumer (its lease ran out and the task went back): leave it be.
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[5], ARGV[1])
 enqueue(KEYS[3], KEYS[4], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )
 
-# KEYS: ready, inflight, lease, consumers. ARGV: consumer.
-# The newest in-flight task moves first, so the oldest ends up at the very front.
-_REQUEUE_INFLIGHT = """
+# KEYS: ready, inflight, lease, consumers, deaths. ARGV: consumer, '1' to count a death for
+# each task, the death's reason. The newest in-flight task moves first, so the oldest ends
+# up at the very front.
+_REQUEUE_INFLIGHT = (
+    _COUNT_DEATH
+    + """
 local n = 0
-while redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'LEFT') do n = n + 1 end
+while true do
+  local id = redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'LEFT')
+  if not id then break end
+  if ARGV[2] == '1' then count_death(KEYS[5], id, ARGV[3]) end
+  n = n + 1
+end
 redis.call('DEL', KEYS[3])
 redis.call('SREM', KEYS[4], ARGV[1])
 return n
 """
+)
 
-# KEYS: ready, consumers, then (inflight, lease) per consumer. ARGV: the consumers.
-_REQUEUE_EXPIRED = """
+# KEYS: ready, consumers, deaths, then (inflight, lease) per consumer. ARGV: the reason of
+# the deaths, then the consumers.
+_REQUEUE_EXPIRED = (
+    _COUNT_DEATH
+    + """
 local n = 0
-for i = 1, #ARGV do
-  if redis.call('EXISTS', KEYS[2 * i + 2]) == 0 then
-    while redis.call('LMOVE', KEYS[2 * i + 1], KEYS[1], 'LEFT', 'LEFT') do n = n + 1 end
+for i = 2, #ARGV do
+  if redis.call('EXISTS', KEYS[2 * i + 1]) == 0 then
+    while true do
+      local id = redis.call('LMOVE', KEYS[2 * i], KEYS[1], 'LEFT', 'LEFT')
+      if not id then break end
+      count_death(KEYS[3], id, ARGV[1])
+      n = n + 1
+    end
     redis.call('SREM', KEYS[2], ARGV[i])
   end
 end
 return n
 """
+)
 
 # KEYS: ready, inflight. ARGV: the ids the client handed out (and so must stay).
 _RELEASE_UNKNOWN = """
@@ -252,7 +307,8 @@ end
 return n
 """
 
-# KEYS: ready, delayed, data, inflight, lease, consumers. ARGV: id, consumer, lease ms.
+# KEYS: ready, delayed, data, inflight, lease, consumers, deaths. ARGV: id, consumer,
+# lease ms. Returns {payload, deaths} ({payload} when it never died), or nil.
 _GET = (
     _HOLD
     + """
@@ -260,27 +316,34 @@ if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, 
   return nil
 end
 local data = redis.call('HGET', KEYS[3], ARGV[1])
-if not data then return nil end
+if not data then
+  redis.call('HDEL', KEYS[7], ARGV[1])
+  return nil
+end
 hold(KEYS[6], KEYS[5], ARGV[2], ARGV[3])
 redis.call('LPUSH', KEYS[4], ARGV[1])
-return data
+return {data, redis.call('HGET', KEYS[7], ARGV[1])}
 """
 )
 
-# KEYS: ready, delayed, data. ARGV: id.
+# KEYS: ready, delayed, data, deaths. ARGV: id.
 _CANCEL = """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return nil
 end
 local data = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return data
 """
 
-# KEYS: ready, delayed, data. In slices: Lua's unpack() has a small argument limit.
+# KEYS: ready, delayed, data, deaths. In slices: Lua's unpack() has a small argument limit.
 _DROP_ALL = """
 local function forget(ids)
-  if #ids > 0 then redis.call('HDEL', KEYS[3], unpack(ids)) end
+  if #ids > 0 then
+    redis.call('HDEL', KEYS[3], unpack(ids))
+    redis.call('HDEL', KEYS[4], unpack(ids))
+  end
   return #ids
 end
 local start = 0
@@ -291,12 +354,14 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
 
-# KEYS: inflight, data, dead order, dead. ARGV: id, record, '1' when a consumer holds it.
+# KEYS: inflight, data, dead order, dead, deaths. ARGV: id, record, '1' when a consumer
+# holds it.
 _ADD_DEAD_LETTER = """
 if ARGV[3] == '1' then
   -- Not held by this consumer (its lease ran out and the task went back): leave it be.
   if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
 end
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
@@ -304,7 +369,7 @@ redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: ready, data, dead order, dead. ARGV: '1' for all, or '0' then the ids.
+# KEYS: ready, data, dead order, dead, deaths. ARGV: '1' for all, or '0' then the ids.
 _REQUEUE_DEAD_LETTERS = """
 local ids
 if ARGV[1] == '1' then
@@ -321,6 +386,7 @@ for _, id in ipairs(ids) do
     redis.call('HSET', KEYS[2], id, cjson.decode(record)['data'])
     redis.call('RPUSH', KEYS[1], id)
     redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
     if ARGV[1] ~= '1' then redis.call('LREM', KEYS[3], 1, id) end
     n = n + 1
   end
@@ -347,6 +413,7 @@ class _Keys:
         self.delayed = base + "delayed"
         self.data = base + "data"
         self.consumers = base + "consumers"
+        self.deaths = base + "deaths"
         self.dead_order = base + "dead:order"
         self.dead = base + "dead"
 
@@ -355,6 +422,24 @@ class _Keys:
 
     def lease(self, consumer_id: str) -> str:
         return f"{self.base}lease:{consumer_id}"
+
+
+def _deaths(value: str | None) -> tuple[int, str]:
+    """Reads a field of the deaths hash, ``"N:reason"``: ``(0, "")`` for none (or for a
+    value another program wrote that is not in that form)."""
+    if value is None:
+        return 0, ""
+    count, _, reason = value.partition(":")
+    try:
+        return int(count), reason
+    except ValueError:
+        return 0, ""
+
+
+def _reply(values: list, length: int) -> tuple:
+    """A script's list reply, padded with ``None`` to ``length``: Redis drops the nils at
+    the end of a list a script returns (e.g. the deaths of a task that never died)."""
+    return (*values, *[None] * (length - len(values)))
 
 
 def _wire(text: str) -> str | bytes:
@@ -518,10 +603,12 @@ class Client(BaseClient):
                     self._unsure.add(owner)
             raise BackendError(f"Redis at {self.where} failed to {what}: {exc}") from exc
 
-    def _hand_out(self, owner: tuple[str, str], task_id: str, data: str) -> Reserved:
+    def _hand_out(
+        self, owner: tuple[str, str], task_id: str, data: str, deaths: str | None
+    ) -> Reserved:
         with self._lock:
             self._held.setdefault(owner, set()).add(task_id)
-        return Reserved(task_id, data)
+        return Reserved(task_id, data, *_deaths(deaths))
 
     def _settle(self, owner: tuple[str, str], task_id: str) -> None:
         # Forgotten before the call: if the call fails, the task counts as unknown and a
@@ -567,6 +654,7 @@ class Client(BaseClient):
             keys.inflight(consumer_id),
             keys.lease(consumer_id),
             keys.consumers,
+            keys.deaths,
         ]
         reserve_args = [consumer_id, self._lease_ms, PROMOTE_BATCH]
         while True:
@@ -574,7 +662,7 @@ class Client(BaseClient):
                 what, lambda: self._reserve(keys=reserve_keys, args=reserve_args), owner
             )
             if isinstance(found, list):
-                return self._hand_out(owner, found[0], found[1])
+                return self._hand_out(owner, *_reply(found, 3))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -586,17 +674,21 @@ class Client(BaseClient):
                 what, lambda wait=wait: self._wait_for_task(keys, consumer_id, wait), owner
             )
             if got is not None:
-                return self._hand_out(owner, got.task_id, got.data)
+                return self._hand_out(owner, *got)
 
-    def _wait_for_task(self, keys: _Keys, consumer_id: str, seconds: float) -> Reserved | None:
+    def _wait_for_task(
+        self, keys: _Keys, consumer_id: str, seconds: float
+    ) -> tuple[str, str, str | None] | None:
         """
-        Blocks on the server until a task arrives or ``seconds`` pass.
+        Blocks on the server until a task arrives or ``seconds`` pass; returns its id,
+        payload and deaths field.
 
-        BLMOVE cannot also read the payload or renew the lease, so the fetch script rides in
-        the same pipeline: Redis runs it right after the move, in one round trip.
+        BLMOVE cannot also read the payload, the deaths or renew the lease, so the fetch
+        script rides in the same pipeline: Redis runs it right after the move, in one round
+        trip.
         """
         inflight, lease = keys.inflight(consumer_id), keys.lease(consumer_id)
-        fetch_keys = [inflight, keys.data, lease, keys.consumers]
+        fetch_keys = [inflight, keys.data, lease, keys.consumers, keys.deaths]
         fetch_args = [consumer_id, self._lease_ms]
         pipe = self._redis.pipeline(transaction=False)
         pipe.blmove(keys.ready, inflight, seconds, "LEFT", "LEFT")
@@ -613,9 +705,13 @@ class Client(BaseClient):
         if not fetched or fetched[0] != moved:
             return None  # taken back by a sweep in between: it waits in the queue again
         if len(fetched) < 2 or fetched[1] is None:
-            self._redis.lrem(inflight, 1, moved)  # an id without a payload: nothing to run
+            # An id without a payload: nothing to run, and no deaths to keep for it.
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.lrem(inflight, 1, _wire(moved))
+            pipe.hdel(keys.deaths, _wire(moved))
+            pipe.execute()
             return None
-        return Reserved(moved, fetched[1])
+        return _reply(fetched, 3)
 
     def _release(self, keys: _Keys, owner: tuple[str, str]) -> None:
         with self._lock:
@@ -636,7 +732,9 @@ class Client(BaseClient):
         self._settle(owner, task_id)
         self._call(
             f"ack task {task_id} of queue {queue_name!r}",
-            lambda: self._ack(keys=[keys.inflight(consumer_id), keys.data], args=[_wire(task_id)]),
+            lambda: self._ack(
+                keys=[keys.inflight(consumer_id), keys.data, keys.deaths], args=[_wire(task_id)]
+            ),
             owner,
         )
 
@@ -644,7 +742,7 @@ class Client(BaseClient):
         keys = self.keys(queue_name)
         owner = (queue_name, consumer_id)
         due = "" if delay_until is None else repr(float(delay_until))
-        retry_keys = [keys.inflight(consumer_id), keys.data, keys.ready, keys.delayed]
+        retry_keys = [keys.inflight(consumer_id), keys.data, keys.ready, keys.delayed, keys.deaths]
         self._settle(owner, task_id)
         self._call(
             f"retry task {task_id} of queue {queue_name!r}",
@@ -653,17 +751,22 @@ class Client(BaseClient):
         )
         return task_id
 
-    def requeue_inflight(self, queue_name, consumer_id):
+    def requeue_inflight(self, queue_name, consumer_id, death=None):
         keys = self.keys(queue_name)
         requeue_keys = [
             keys.ready,
             keys.inflight(consumer_id),
             keys.lease(consumer_id),
             keys.consumers,
+            keys.deaths,
         ]
+        if death is None:
+            requeue_args = [consumer_id, "0", ""]
+        else:
+            requeue_args = [consumer_id, "1", _wire(storable_text(str(death)))]
         count = self._call(
             f"requeue the tasks of {consumer_id} in queue {queue_name!r}",
-            lambda: self._requeue_inflight(keys=requeue_keys, args=[consumer_id]),
+            lambda: self._requeue_inflight(keys=requeue_keys, args=requeue_args),
         )
         with self._lock:
             self._held.pop((queue_name, consumer_id), None)
@@ -684,16 +787,16 @@ class Client(BaseClient):
         count = 0
         for start in range(0, len(consumers), SWEEP_BATCH):
             batch = consumers[start : start + SWEEP_BATCH]
-            sweep_keys = [keys.ready, keys.consumers]
+            sweep_keys = [keys.ready, keys.consumers, keys.deaths]
             for consumer_id in batch:
                 sweep_keys += [keys.inflight(consumer_id), keys.lease(consumer_id)]
             # Sent as read: a consumer id another program wrote may hold surrogate escapes.
             sweep_keys = [_wire(key) for key in sweep_keys]
-            batch = [_wire(consumer_id) for consumer_id in batch]
+            sweep_args = [EXPIRED_LEASE_DEATH, *(_wire(consumer_id) for consumer_id in batch)]
             count += self._call(
                 what,
-                lambda sweep_keys=sweep_keys, batch=batch: self._requeue_expired(
-                    keys=sweep_keys, args=batch
+                lambda sweep_keys=sweep_keys, sweep_args=sweep_args: self._requeue_expired(
+                    keys=sweep_keys, args=sweep_args
                 ),
             )
         return count
@@ -708,20 +811,21 @@ class Client(BaseClient):
             keys.inflight(consumer_id),
             keys.lease(consumer_id),
             keys.consumers,
+            keys.deaths,
         ]
-        data = self._call(
+        found = self._call(
             f"take task {task_id} from queue {queue_name!r}",
             lambda: self._get(keys=get_keys, args=[_wire(task_id), consumer_id, self._lease_ms]),
             owner,
         )
-        return None if data is None else self._hand_out(owner, task_id, data)
+        return None if found is None else self._hand_out(owner, task_id, *_reply(found, 2))
 
     def cancel(self, queue_name, task_id):
         keys = self.keys(queue_name)
         return self._call(
             f"cancel task {task_id} of queue {queue_name!r}",
             lambda: self._cancel(
-                keys=[keys.ready, keys.delayed, keys.data], args=[_wire(task_id)]
+                keys=[keys.ready, keys.delayed, keys.data, keys.deaths], args=[_wire(task_id)]
             ),
         )
 
@@ -740,7 +844,7 @@ class Client(BaseClient):
         keys = self.keys(queue_name)
         self._call(
             f"empty queue {queue_name!r}",
-            lambda: self._drop_all(keys=[keys.ready, keys.delayed, keys.data]),
+            lambda: self._drop_all(keys=[keys.ready, keys.delayed, keys.data, keys.deaths]),
         )
 
     def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
@@ -754,7 +858,13 @@ class Client(BaseClient):
         owner = None if consumer_id is None else (queue_name, consumer_id)
         if owner is not None:
             self._settle(owner, task_id)
-        dead_keys = [keys.inflight(consumer_id or ""), keys.data, keys.dead_order, keys.dead]
+        dead_keys = [
+            keys.inflight(consumer_id or ""),
+            keys.data,
+            keys.dead_order,
+            keys.dead,
+            keys.deaths,
+        ]
         held = "0" if consumer_id is None else "1"
         self._call(
             f"store dead letter {task_id} of queue {queue_name!r}",
@@ -786,7 +896,7 @@ class Client(BaseClient):
     def requeue_dead_letters(self, queue_name, task_ids=None):
         keys = self.keys(queue_name)
         args = ["1"] if task_ids is None else ["0", *map(_wire, task_ids)]
-        dead_keys = [keys.ready, keys.data, keys.dead_order, keys.dead]
+        dead_keys = [keys.ready, keys.data, keys.dead_order, keys.dead, keys.deaths]
         return self._call(
             f"requeue the dead letters of queue {queue_name!r}",
             lambda: self._requeue_dead_letters(keys=dead_keys, args=args),

@@ -11,7 +11,9 @@ task joins the back too. At-least-once across processes: ``reserve`` claims a ta
 write transaction, so two consumers never get the same task; a claimed task stays in the
 file, owned by its consumer, until ``ack`` (or the dead-letter store) removes it. If the
 consumer dies, ``requeue_inflight`` (a supervisor) or ``requeue_expired`` (any worker, once
-the consumer's lease ran out) puts the task back at the front of its queue. A committed
+the consumer's lease ran out) puts the task back at the front of its queue; the deaths
+counted for the task (``deaths``, ``last_death``) live in its row, change in the same
+transaction as its move, and are read by the statement that claims it. A committed
 push survives a process crash; with ``synchronous=normal`` the last commits before a power
 cut may be lost, with ``synchronous=full`` they are not.
 
@@ -52,13 +54,21 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
+from . import (
+    EXPIRED_LEASE_DEATH,
+    DeadLetter,
+    Reserved,
+    dsn_options,
+    redact_dsn,
+    redact_dsn_part,
+    storable_text,
+)
 from . import Client as BaseClient
-from . import DeadLetter, Reserved, dsn_options, redact_dsn, redact_dsn_part, storable_text
 
 log = logging.getLogger(__name__)
 
 #: The schema this module writes; stored in the file as ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # _MIGRATIONS[n] brings a file from schema version n to n + 1, in one transaction.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -83,6 +93,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS alligator_tasks_by_due ON alligator_tasks (queue, due) "
         "WHERE state = 'delayed'",
     ),
+    (
+        # How many consumers died holding the task since it was last pushed, retried or
+        # requeued from the dead letters, and the reason given for the latest death.
+        "ALTER TABLE alligator_tasks ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE alligator_tasks ADD COLUMN last_death TEXT",
+    ),
 )
 
 #: First pause of an idle ``reserve`` after it saw work; doubles up to ``poll_interval``.
@@ -104,7 +120,7 @@ _TEXT_FACTORY = functools.partial(str, encoding="utf-8", errors="surrogateescape
 # str holding surrogate escapes, so such a str is bound as its bytes, and the cast stores
 # those bytes as TEXT again (for an ordinary str the cast does nothing).
 _HEAD = (
-    "SELECT seq, task_id, data FROM alligator_tasks "
+    "SELECT seq, task_id, data, deaths, last_death FROM alligator_tasks "
     "WHERE queue = ? AND state = 'ready' ORDER BY seq LIMIT 1"
 )
 # Claims the head of a queue unless a delayed task is due: that one must join the back
@@ -115,23 +131,29 @@ _CLAIM_IF_NONE_DUE = (
     "ORDER BY seq LIMIT 1) "
     "AND NOT EXISTS (SELECT 1 FROM alligator_tasks WHERE queue = ? AND state = 'delayed' "
     "AND due <= ?) "
-    "RETURNING seq, task_id, data"
+    "RETURNING seq, task_id, data, deaths, last_death"
 )
 _HELD = "WHERE queue = ? AND task_id = CAST(? AS TEXT) AND state = 'inflight' AND consumer_id = ?"
 _WAITING = (
-    "SELECT seq, task_id, data FROM alligator_tasks WHERE queue = ? "
+    "SELECT seq, task_id, data, deaths, last_death FROM alligator_tasks WHERE queue = ? "
     "AND task_id = CAST(? AS TEXT) AND state IN ('ready', 'delayed')"
 )
 _BACK = "seq = (SELECT max(seq) FROM alligator_tasks) + 1"
 _FRONT = "seq = (SELECT min(seq) FROM alligator_tasks) - 1"
 _DUE_TO_BACK = f"UPDATE alligator_tasks SET state = 'ready', due = NULL, {_BACK} WHERE seq = ?"
+_NO_DEATHS = "deaths = 0, last_death = NULL"
 _DEAD_TO_BACK = (
     "UPDATE alligator_tasks SET state = 'ready', error = NULL, failed_at = NULL, "
-    f"{_BACK} WHERE seq = ?"
+    f"{_NO_DEATHS}, {_BACK} WHERE seq = ?"
 )
 _INFLIGHT_TO_FRONT = (
     "UPDATE alligator_tasks SET state = 'ready', consumer_id = NULL, expires = NULL, "
     f"{_FRONT} WHERE seq = ?"
+)
+# The same, for a consumer that died holding the task: one more death, and its reason.
+_DIED_TO_FRONT = (
+    "UPDATE alligator_tasks SET state = 'ready', consumer_id = NULL, expires = NULL, "
+    f"deaths = deaths + 1, last_death = CAST(? AS TEXT), {_FRONT} WHERE seq = ?"
 )
 
 
@@ -522,10 +544,7 @@ class Client(BaseClient):
             ).fetchall()
             if not claimed:
                 return None
-            seq, task_id, data = claimed[0]
-            if type(task_id) is str and type(data) is str:
-                return Reserved(task_id, data)
-            return _reserved_blob(conn, seq, task_id, data)
+            return _reserved(conn, *claimed[0])
 
     def _claim(self, queue_name: str, consumer_id: str) -> Reserved | None:
         """One transaction: moves due delayed tasks to the back, then claims the head."""
@@ -541,15 +560,12 @@ class Client(BaseClient):
             head = conn.execute(_HEAD, (queue_name,)).fetchone()
             if head is None:
                 return None
-            seq, task_id, data = head
             conn.execute(
                 "UPDATE alligator_tasks SET state = 'inflight', consumer_id = ?, expires = ? "
                 "WHERE seq = ?",
-                (consumer_id, now + self.lease, seq),
+                (consumer_id, now + self.lease, head[0]),
             )
-            if type(task_id) is str and type(data) is str:
-                return Reserved(task_id, data)
-            return _reserved_blob(conn, seq, task_id, data)
+            return _reserved(conn, *head)
 
     def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
         with self._connection() as conn:
@@ -570,24 +586,30 @@ class Client(BaseClient):
             _execute(
                 conn,
                 "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = ?, due = ?, "
-                f"consumer_id = NULL, expires = NULL, {_BACK} {_HELD}",
+                f"consumer_id = NULL, expires = NULL, {_NO_DEATHS}, {_BACK} {_HELD}",
                 (data, state, due, queue_name, task_id, consumer_id),
             )
         return task_id
 
-    def _requeue_front(self, conn: sqlite3.Connection, where: str, params: tuple) -> int:
+    def _requeue_front(
+        self, conn: sqlite3.Connection, where: str, params: tuple, death: str | None
+    ) -> int:
         held = conn.execute(
             f"SELECT seq FROM alligator_tasks WHERE queue = ? AND state = 'inflight' AND {where} "
             "ORDER BY seq DESC",  # the newest goes to the front first, the oldest ends first
             params,
         ).fetchall()
         for (seq,) in held:
-            conn.execute(_INFLIGHT_TO_FRONT, (seq,))
+            if death is None:
+                conn.execute(_INFLIGHT_TO_FRONT, (seq,))
+            else:
+                _execute(conn, _DIED_TO_FRONT, (death, seq))
         return len(held)
 
-    def requeue_inflight(self, queue_name: str, consumer_id: str) -> int:
+    def requeue_inflight(self, queue_name: str, consumer_id: str, death: str | None = None) -> int:
+        death = None if death is None else storable_text(str(death))
         with self._transaction() as conn:
-            return self._requeue_front(conn, "consumer_id = ?", (queue_name, consumer_id))
+            return self._requeue_front(conn, "consumer_id = ?", (queue_name, consumer_id), death)
 
     def keepalive(self, queue_name: str, consumer_id: str) -> None:
         with self._connection() as conn:
@@ -599,7 +621,9 @@ class Client(BaseClient):
 
     def requeue_expired(self, queue_name: str) -> int:
         with self._transaction() as conn:
-            return self._requeue_front(conn, "expires < ?", (queue_name, time.time()))
+            return self._requeue_front(
+                conn, "expires < ?", (queue_name, time.time()), EXPIRED_LEASE_DEATH
+            )
 
     def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
         with self._transaction() as conn:
@@ -611,9 +635,7 @@ class Client(BaseClient):
                 "expires = ? WHERE seq = ?",
                 (consumer_id, time.time() + self.lease, row[0]),
             )
-            if type(row[1]) is str and type(row[2]) is str:
-                return Reserved(row[1], row[2])
-            return _reserved_blob(conn, *row)
+            return _reserved(conn, *row)
 
     def cancel(self, queue_name: str, task_id: str) -> str | None:
         with self._transaction() as conn:
@@ -655,7 +677,7 @@ class Client(BaseClient):
                     conn,
                     "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = 'dead', "
                     "error = CAST(? AS TEXT), failed_at = ?, consumer_id = NULL, "
-                    f"expires = NULL, {_BACK} {_HELD}",
+                    f"expires = NULL, {_NO_DEATHS}, {_BACK} {_HELD}",
                     (data, error, failed_at, queue_name, task_id, consumer_id),
                 )
                 return
@@ -709,7 +731,28 @@ class Client(BaseClient):
             ).rowcount
 
 
-def _reserved_blob(conn: sqlite3.Connection, seq: int, task_id: object, data: object) -> Reserved:
+def _reserved(
+    conn: sqlite3.Connection,
+    seq: int,
+    task_id: object,
+    data: object,
+    deaths: int,
+    last_death: object,
+) -> Reserved:
+    """A claimed task, from the columns the claim read."""
+    if type(task_id) is str and type(data) is str:
+        return Reserved(task_id, data, deaths, _as_text(last_death))
+    return _reserved_blob(conn, seq, task_id, data, deaths, last_death)
+
+
+def _reserved_blob(
+    conn: sqlite3.Connection,
+    seq: int,
+    task_id: object,
+    data: object,
+    deaths: int,
+    last_death: object,
+) -> Reserved:
     """
     A claimed task whose id or payload another program stored as a BLOB: both are made
     TEXT (the same bytes), so that settling it by its id finds it.
@@ -726,7 +769,7 @@ def _reserved_blob(conn: sqlite3.Connection, seq: int, task_id: object, data: ob
             "taken: it cannot be settled by its id.",
             task_id,
         )
-    return Reserved(_as_text(task_id), _as_text(data))
+    return Reserved(_as_text(task_id), _as_text(data), deaths, _as_text(last_death))
 
 
 # Fork safety. SQLite keeps its per-file lock bookkeeping in process memory; a child forked
