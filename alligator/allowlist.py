@@ -6,8 +6,9 @@ a queue can therefore name any importable function; the allowlist is what keeps 
 the modules of your tasks. It applies to a task's function and to its hooks.
 
 Without a list, a worker refuses the functions of the standard library
-(``sys.stdlib_module_names``), of ``builtins`` and of Alligator itself (``alligator``,
-``supervisor``), and runs anything else it can import.
+(``sys.stdlib_module_names``), of ``builtins``, of Alligator itself (``alligator``,
+``supervisor``) and its own dependencies, and of the packaging tools of any environment
+(pip, setuptools), and runs anything else it can import.
 """
 
 import re
@@ -17,8 +18,26 @@ from collections.abc import Callable, Iterable
 from .exceptions import AlligatorException, TaskNotAllowed, UnknownModuleError
 from .utils import import_module
 
-#: Top-level modules refused when no list is given, besides the standard library's.
-ALWAYS_REFUSED_BY_DEFAULT = frozenset({"__main__", "alligator", "supervisor"})
+#: Top-level modules refused when no list is given, besides the standard library's:
+#: Alligator, what it depends on (psutil alone can start any program), and the packaging
+#: tools found in every virtualenv.
+ALWAYS_REFUSED_BY_DEFAULT = frozenset(
+    {
+        "__main__",
+        "alligator",
+        "supervisor",
+        "greenstalk",
+        "hiredis",
+        "psutil",
+        "redis",
+        "setproctitle",
+        "_distutils_hack",
+        "pip",
+        "pkg_resources",
+        "setuptools",
+        "wheel",
+    }
+)
 
 _PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\.\*)?$")
 
@@ -47,7 +66,7 @@ class AllowedTasks:
     :param patterns: Module names (``myapp.tasks``), or packages ending in ``.*`` for every
         module below them (``myapp.billing.*``: ``myapp.billing.invoices``, and deeper, but
         not ``myapp.billing`` itself). ``None`` allows any module but those of the standard
-        library, ``builtins`` and Alligator.
+        library, ``builtins``, Alligator and its dependencies, and the packaging tools.
     :raises AlligatorException: For a pattern that is not a module name
     """
 
@@ -134,8 +153,8 @@ class AllowedTasks:
     def _not_allowed_because(self) -> str:
         if self.patterns is None:
             return (
-                "not allowed: functions of the standard library, builtins and Alligator never "
-                "run unless their module is listed in the allowed tasks"
+                "not allowed: functions of the standard library, builtins, Alligator and its "
+                "dependencies never run unless their module is listed in the allowed tasks"
             )
         return f"not allowed: its module is not in the allowed tasks ({', '.join(self.patterns)})"
 

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 RESERVE_TIMEOUT = 1.0
 #: Pauses after a backend error, doubling from the first to the last.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+#: A task whose queue counts this many deaths of workers that held it goes to the dead
+#: letters unopened, instead of killing another worker.
+DEATHS_PER_TASK = 3
 
 
 class Worker:
@@ -122,13 +125,22 @@ class Worker:
         """
         Called with each payload as it comes off the queue, before anything is decoded or
         imported. Returns a reason to move it to the dead letters unopened, or ``None`` to
-        run it; override it to refuse tasks by what only you know.
+        run it. Refuses a task that killed ``DEATHS_PER_TASK`` workers (as its queue counts
+        them: ``reserved.deaths``); override it, calling this one, to refuse tasks by what
+        only you know.
 
         Ex::
 
             def screen(self, reserved):
-                return "Blocked by the operator." if reserved.task_id in BLOCKED else None
+                if reserved.task_id in BLOCKED:
+                    return "Blocked by the operator."
+                return super().screen(reserved)
         """
+        if reserved.deaths >= DEATHS_PER_TASK:
+            return (
+                f"It killed {reserved.deaths} workers that took it (the last: "
+                f"{reserved.last_death}), so it was not run again."
+            )
         return None
 
     def running(self, task: Task) -> None:
@@ -214,7 +226,11 @@ class Worker:
         if reserved is None:
             self.idle()
             return
-        task = self._accept(reserved)
+        try:
+            task = self._accept(reserved)
+        except BackendError:  # its refusal could not be stored yet: the loop tries again
+            self.idle()
+            raise
         if task is None:
             self.tasks_complete += 1
             self.idle()

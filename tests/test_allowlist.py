@@ -33,6 +33,10 @@ def payload(module, func, *args, **fields):
         "alligator.utils.resolve_path",
         "supervisor.quickstart.greet",
         "__main__.anything",
+        "psutil.Popen",
+        "pip._internal.utils.subprocess.call_subprocess",
+        "setuptools.sandbox.run_setup",
+        "redis.Redis",
     ],
 )
 def test_without_a_list_the_standard_library_builtins_and_alligator_are_refused(path):
