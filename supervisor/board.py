@@ -6,13 +6,16 @@ Shared memory between the master and its workers, so that no task costs a pipe w
   when; and, on a queue with a ``timeout``, the payload the master stores should it kill the
   run. The worker writes it; the master reads it when it must know: as it reaps the worker,
   and to enforce a timeout.
-- The ``DeathTable`` lists the tasks that killed workers, with how many each killed and how
-  the last one died. The master writes it; each worker reads it as it takes a task, and
-  refuses one that killed ``DEATHS_PER_TASK`` of them.
+- The ``DeathTable`` lists the tasks that killed this host's workers on a backend whose
+  server returns a dead worker's task by itself (beanstalkd), and so keeps no count of
+  deaths as the other backends do: the master writes it, and a worker that takes a task
+  it names asks the server how often that task was taken and never settled (the one round
+  trip that costs, only for such tasks).
 
 Both are anonymous shared mappings the master makes before it forks: only the master and
 its workers see them. A writer brackets each update with a sequence number that is odd
-while it writes; a reader retries a read that overlapped a write. Tasks are known by a
+while it writes, and a board carries checksums of what it says; a reader retries a read
+that overlapped a write or does not match its checksums. Tasks are known by a
 digest of their queue and id, so that ids of any length fit.
 """
 
@@ -20,11 +23,9 @@ import hashlib
 import mmap
 import struct
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-
-#: A task that killed this many workers goes to the dead letters instead of running again.
-DEATHS_PER_TASK = 3
 
 #: What a worker is doing, as its board says.
 IDLE, HOLDING, RUNNING = 0, 1, 2
@@ -33,8 +34,9 @@ NO_PAYLOAD, RETRY_PAYLOAD, BURY_PAYLOAD = 0, 1, 2
 
 DIGEST_SIZE = 16
 _SEQUENCE = struct.Struct("<I")
-# sequence, state, payload kind, id cut short, since, digest, id/func/payload lengths.
-_BOARD = struct.Struct("<IBBBxd16sHHI")
+# sequence, state, payload kind, id cut short, since, digest, id/func/payload lengths, and
+# the CRC-32 of the id and function, and of the payload.
+_BOARD = struct.Struct("<IBBBxd16sHHIII")
 ID_MAX = 512
 FUNC_MAX = 256
 _ID_AT = _BOARD.size
@@ -138,8 +140,9 @@ class Board:
         board[_ID_AT : _ID_AT + len(id_bytes)] = id_bytes
         board[_FUNC_AT : _FUNC_AT + len(func)] = func
         board[_PAYLOAD_AT : _PAYLOAD_AT + len(payload)] = payload
-        fields = (state, kind, cut, since, digest, len(id_bytes), len(func), len(payload))
-        _BOARD.pack_into(board, 0, odd, *fields)
+        lengths = (len(id_bytes), len(func), len(payload))
+        checks = (zlib.crc32(func, zlib.crc32(id_bytes)), zlib.crc32(payload))
+        _BOARD.pack_into(board, 0, odd, state, kind, cut, since, digest, *lengths, *checks)
         # Last, so that a reader who sees it even again read all of the above.
         self._sequence = odd + 1
         _SEQUENCE.pack_into(board, 0, self._sequence)
@@ -166,33 +169,58 @@ class Board:
 
     def read(self) -> Held | None:
         """
-        What the worker holds, or ``None`` when it holds nothing (or its last write was cut
-        short by its death).
+        What the worker holds, payload included, or ``None`` when it holds nothing (or its
+        last write was cut short by its death).
         """
+        return self._read(with_payload=True)
+
+    def glance(self) -> Held | None:
+        """Like ``read``, without the payload (``None``): cheap enough for every turn of the
+        master's loop."""
+        return self._read(with_payload=False)
+
+    def _read(self, with_payload: bool) -> Held | None:
         board = self._map
         for _ in range(_READ_TRIES):
             fields = _BOARD.unpack_from(board, 0)
-            sequence, state, kind, cut, since, digest, id_len, func_len, payload_len = fields
+            sequence, state, kind, cut, since, digest, id_len, func_len, payload_len = fields[:9]
+            meta_check, payload_check = fields[9:]
             if sequence % 2:
                 continue
             if state == IDLE or id_len > ID_MAX or func_len > FUNC_MAX:
                 return None
             if payload_len > PAYLOAD_MAX:
                 return None
-            task_id = _decode(board[_ID_AT : _ID_AT + id_len])
-            func = _decode(board[_FUNC_AT : _FUNC_AT + func_len])
-            payload = (
-                _decode(board[_PAYLOAD_AT : _PAYLOAD_AT + payload_len]) if payload_len else None
-            )
+            task_id = board[_ID_AT : _ID_AT + id_len]
+            func = board[_FUNC_AT : _FUNC_AT + func_len]
+            payload = None
+            if with_payload and payload_len:
+                payload = board[_PAYLOAD_AT : _PAYLOAD_AT + payload_len]
+            # The sequence number tells a write that overlapped; the checksums catch what
+            # the processor may still have reordered around a copy.
             if _SEQUENCE.unpack_from(board, 0)[0] != sequence:
                 continue
-            return Held(state, since, digest, task_id, not cut, func, payload, kind)
+            if zlib.crc32(func, zlib.crc32(task_id)) != meta_check:
+                continue
+            if payload is not None and zlib.crc32(payload) != payload_check:
+                continue
+            return Held(
+                state,
+                since,
+                digest,
+                _decode(task_id),
+                not cut,
+                _decode(func),
+                None if payload is None else _decode(payload),
+                kind,
+            )
         return None
 
 
 class DeathTable:
     """
-    The tasks that killed workers, in memory the master shares with them all.
+    The tasks that killed this master's workers, in memory it shares with them all: on a
+    backend that keeps no count of its own (see the module), which tasks to ask about.
 
     Ex::
 

@@ -13,7 +13,7 @@ Guarantees:
   once ``graceful_timeout`` ran out.
 - The master knows which task a worker holds from the moment the worker reserved it, before
   anything of it is decoded or imported: a worker killed by a task, however early, counts
-  against that task, and a worker refuses, unopened, a task that killed
+  against that task in its queue, and a worker refuses, unopened, a task that killed
   ``DEATHS_PER_TASK`` workers.
 - If the master dies, a worker notices at once on Linux (parent-death signal: SIGTERM) and
   within half a second anywhere (it watches its parent pid); it finishes its task, or
@@ -28,6 +28,7 @@ import reprlib
 import signal
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import setproctitle
@@ -38,15 +39,7 @@ from alligator.tasks import Task
 from alligator.workers import Worker
 
 from . import logs
-from .board import (
-    BURY_PAYLOAD,
-    DEATHS_PER_TASK,
-    NO_PAYLOAD,
-    RETRY_PAYLOAD,
-    Board,
-    DeathTable,
-    task_digest,
-)
+from .board import BURY_PAYLOAD, NO_PAYLOAD, RETRY_PAYLOAD, Board, DeathTable, task_digest
 from .config import WorkerSettings
 from .reports import Leaving, Ready, Refused, Report
 from .systemd import SYSTEMD_VARIABLES, set_parent_death_signal
@@ -164,20 +157,16 @@ class SupervisedWorker(Worker):
         self._busy = True
         if self.max_tasks and self.tasks_complete + 1 >= self.max_tasks:
             self.reporter.send(Leaving())
-        deaths, last = self.deaths.lookup(digest)
-        how = f"the last: {last}"
-        if deaths and self.gator.backend.server_requeues_dead_consumers:
-            # Such a server hands a dead worker's task out again at once, maybe before the
-            # master counted that death: its own count has the last word.
-            abandoned = self.gator.backend.abandoned(self.settings.queue, reserved.task_id)
-            if abandoned is not None and abandoned > deaths:
-                deaths, how = abandoned, "as its server counts them: taken, never settled"
-        if deaths < DEATHS_PER_TASK:
-            return None
-        self.reporter.send(Refused(digest))
-        return (
-            f"It killed {deaths} alligatord workers that took it ({how}), so it was not run again."
-        )
+        backend = self.gator.backend
+        counted_here, last = self.deaths.lookup(digest)
+        if counted_here:  # only on a backend that keeps no count: ask its server
+            abandoned = backend.abandoned(self.settings.queue, reserved.task_id)
+            taken = max(counted_here, abandoned or 0)
+            reserved = replace(reserved, deaths=taken, last_death=last)
+        refusal = super().screen(reserved)
+        if refusal is not None and counted_here:
+            self.reporter.send(Refused(digest))
+        return refusal
 
     def running(self, task: Task) -> None:
         self._task, self._task_started = task, time.monotonic()

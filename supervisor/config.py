@@ -33,6 +33,7 @@ QUEUE_PREFIX = "queue:"
 MAIN_KEYS = (
     "dsn",
     "graceful_timeout",
+    "import_timeout",
     "log_level",
     "log_file",
     "pidfile",
@@ -45,6 +46,8 @@ QUEUE_KEYS = ("workers", "dsn", "max_tasks", "max_memory", "timeout", "secret", 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+#: Seconds the ``preload`` and ``tasks`` modules may take to import, when a file is checked.
+DEFAULT_IMPORT_TIMEOUT = 60.0
 DEFAULT_WORKERS = 1
 #: The most workers a queue may ask for: each one costs the master a descriptor (its
 #: report pipe) and a process, and a typo such as 400 for 40 should not fork-bomb a host.
@@ -113,6 +116,7 @@ class Config:
     path: str
     dsn: str | None
     graceful_timeout: float
+    import_timeout: float
     log_level: str
     log_file: str | None
     pidfile: str | None
@@ -370,6 +374,9 @@ def load(path: str) -> Config:
             main.fail("pythonpath", f"the directory {entry} does not exist")
     tasks = main.task_list("tasks")
     secrets = main.secrets("secret") or ()
+    import_timeout = main.seconds("import_timeout", DEFAULT_IMPORT_TIMEOUT)
+    if not import_timeout:
+        main.fail("import_timeout", "expected a number of seconds > 0, got '0'")
 
     queues = []
     sections_of: dict[str, str] = {}  # queue name -> the section that configures it
@@ -415,6 +422,7 @@ def load(path: str) -> Config:
         path=path,
         dsn=dsn,
         graceful_timeout=main.seconds("graceful_timeout", DEFAULT_GRACEFUL_TIMEOUT),
+        import_timeout=import_timeout,
         log_level=main.choice("log_level", LOG_LEVELS, "info"),
         log_file=main.path_value("log_file"),
         pidfile=main.path_value("pidfile"),

@@ -42,11 +42,13 @@ import setproctitle
 
 from alligator.backends import client_class
 from alligator.gator import new_consumer_id
+from alligator.workers import DEATHS_PER_TASK
 
 from . import child, logs
-from .board import DEATHS_PER_TASK, Board, DeathTable, Held
+from .board import Board, DeathTable, Held
 from .config import Config, QueueConfig, WorkerSettings
-from .preflight import use_pythonpath, validate
+from .exits import describe_exit
+from .preflight import ImportCheck, check_file, use_pythonpath
 from .reports import Leaving, Ready, Refused, Report, ReportError, ReportReader
 from .requeue import Requeue, requeue_tasks
 from .systemd import Notifier, monotonic_usec
@@ -120,24 +122,6 @@ def backoff_delay(failures: int) -> float:
     return min(BACKOFF_MAX, 2.0 ** max(failures - 1, 0))
 
 
-def describe_exit(status: int) -> str:
-    """
-    Says how a process ended, from its ``waitpid`` status.
-
-    Ex::
-
-        describe_exit(status)  # 'killed by SIGKILL', or 'exited with status 1'
-    """
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = str(signum)
-        return f"killed by {name}"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"
-
-
 @dataclass(eq=False)
 class Slot:
     """One place for a worker of a queue, and the worker process in it (if any)."""
@@ -172,6 +156,11 @@ class Slot:
         """The task the worker holds, as its board says; ``None`` when it holds none."""
         return None if self.board is None else self.board.read()
 
+    def busy_since(self) -> float | None:
+        """When the worker took the task it holds (its board's cheap part), or ``None``."""
+        held = None if self.board is None else self.board.glance()
+        return None if held is None else held.since
+
     def to(self, state: State, why: str) -> None:
         """Moves to ``state``, which must be allowed from the current one; logs it."""
         level = TRANSITIONS.get((self.state, state))
@@ -199,7 +188,7 @@ class Master:
 
     Ex::
 
-        config, _ = validate('/etc/alligator/alligator.ini')
+        config, _ = preflight.validate('/etc/alligator/alligator.ini')
         master = Master(config, '/etc/alligator/alligator.ini')
         exit_status = master.run()
 
@@ -231,6 +220,8 @@ class Master:
         self.by_pid: dict[int, Slot] = {}
         # The tasks that killed workers, shared with every worker forked from here on.
         self.deaths = DeathTable()
+        # A reload waiting for its import check, and the warnings of its file.
+        self.reload: tuple[ImportCheck, list[str]] | None = None
         self.signals: deque[int] = deque()
         self.stopping = False
         self.ready_pending = True  # READY=1 is due once the workers are up
@@ -344,11 +335,13 @@ class Master:
             if slot.kill_at is not None:
                 deadlines.append(slot.kill_at)
             if slot.settings.timeout and slot.timed_out is None and slot.pid is not None:
-                held = slot.held()  # a task started later is seen at the next turn
-                if held is not None:
-                    deadlines.append(held.since + slot.settings.timeout)
+                since = slot.busy_since()  # a task started later is seen at the next turn
+                if since is not None:
+                    deadlines.append(since + slot.settings.timeout)
         if self.notifier.watchdog_interval:
             deadlines.append(self.next_watchdog)
+        if self.reload is not None:
+            deadlines.append(self.reload[0].deadline)
         # A floor, so that a deadline that somehow stays in the past cannot spin the CPU.
         return max(0.01, min(deadlines) - time.monotonic())
 
@@ -356,12 +349,16 @@ class Master:
         pipes = {
             slot.pipe: slot for slot in self._slots() if slot.pipe is not None and not slot.eof
         }
+        check = None if self.reload is None else self.reload[0]
+        check_fd = None if check is None else check.fileno()
         poller = select.poll()
-        for fd in (self.wakeup_r, *pipes):
+        for fd in (self.wakeup_r, *pipes, *([] if check_fd is None else [check_fd])):
             poller.register(fd, select.POLLIN)
         for fd, _ in poller.poll(timeout * 1000):
             if fd == self.wakeup_r:
                 self._drain(fd)
+            elif fd == check_fd:
+                check.read()
             else:
                 self._read_reports(pipes[fd])
 
@@ -406,6 +403,7 @@ class Master:
                 self._reopen_logs()
 
     def _stop(self, graceful: bool) -> None:
+        self._drop_reload()
         if not self.stopping:
             self.stopping = True
             self.notifier.notify("STOPPING=1", "STATUS=Stopping.")
@@ -432,15 +430,42 @@ class Master:
     # Reload.
 
     def _reload(self) -> None:
+        """Validates the file as a start would; the imports are tried by a process of their
+        own, which the loop watches (``_reload_checked`` applies the file once it is done),
+        so that the master goes on meanwhile."""
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}")
         log.info("SIGHUP: reloading %s.", self.config_path)
+        self._drop_reload()  # a newer SIGHUP wins
         try:
-            new, warnings = validate(self.config_path, self.pidfile_override)
+            new, warnings = check_file(self.config_path, self.pidfile_override)
+            self.reload = (ImportCheck(new), warnings)
         except Exception as exc:  # whatever the file holds, the running master goes on
-            log.error("Reload refused, the running configuration stays: %s", exc)
-            if not self.ready_pending:  # else READY=1 comes once the workers are up
-                self.notifier.notify("READY=1", f"STATUS={self.status}")
+            self._refuse_reload(exc)
             return
+        self._reload_checked()
+
+    def _reload_checked(self) -> None:
+        check, warnings = self.reload
+        if not check.done:
+            return
+        self.reload = None
+        if check.error is not None:
+            self._refuse_reload(check.error)
+        else:
+            self._apply(check.config, warnings)
+
+    def _refuse_reload(self, exc: Exception) -> None:
+        log.error("Reload refused, the running configuration stays: %s", exc)
+        if not self.ready_pending:  # else READY=1 comes once the workers are up
+            self.notifier.notify("READY=1", f"STATUS={self.status}")
+
+    def _drop_reload(self) -> None:
+        """Abandons a reload still checking its imports (its process is reaped as it ends)."""
+        if self.reload is not None:
+            self.reload[0].kill()
+            self.reload = None
+
+    def _apply(self, new: Config, warnings: list[str]) -> None:
         for warning in warnings:
             log.warning("%s", warning)
         old = self.config
@@ -482,6 +507,8 @@ class Master:
 
     def _supervise(self) -> None:
         now = time.monotonic()
+        if self.reload is not None and now >= self.reload[0].deadline:
+            self.reload[0].kill()  # reaped next, which refuses the reload
         for slot in self._slots():
             if slot.kill_at is not None and now >= slot.kill_at:
                 slot.kill_at = None
@@ -497,6 +524,11 @@ class Master:
                 self.next_memory_check = now + MEMORY_CHECK_INTERVAL
                 self._check_memory()
             for name, pool in list(self.pools.items()):
+                if pool.in_burst and not _forget_old_crashes(pool):
+                    pool.in_burst = False
+                    log.info(
+                        "Queue %r: worker crashes calmed down; replacing at once again.", name
+                    )
                 self._scale(pool, now)
                 if pool.config is None and not pool.slots:
                     del self.pools[name]
@@ -506,7 +538,7 @@ class Master:
         timeout = slot.settings.timeout
         if not timeout or slot.timed_out is not None or slot.pid is None:
             return
-        held = slot.held()
+        held = slot.board.glance()
         if held is None or now - held.since < timeout:
             return
         slot.timed_out = held.digest
@@ -554,7 +586,9 @@ class Master:
         outdated = [slot for slot in live if slot not in current]
 
         # Retire the surplus first, so that nothing is started only to be stopped.
-        surplus = sorted(current, key=_retire_first)[: max(0, len(current) - wanted)]
+        surplus = []
+        if len(current) > wanted:
+            surplus = sorted(current, key=_retire_first)[: len(current) - wanted]
         for slot in surplus:
             self._retire(pool, slot, f"scaling down to {wanted} worker(s)")
             current.remove(slot)
@@ -574,7 +608,9 @@ class Master:
         # without a process leave at once.
         up = sum(1 for slot in current if slot.state is State.RUNNING)
         keep = max(0, wanted - up)
-        leaving = sorted(outdated, key=_retire_first)[: max(0, len(outdated) - keep)]
+        leaving = []
+        if len(outdated) > keep:
+            leaving = sorted(outdated, key=_retire_first)[: len(outdated) - keep]
         for slot in outdated:
             if slot in leaving or slot.pid is None:
                 self._retire(pool, slot, "replaced after a configuration change")
@@ -718,6 +754,10 @@ class Master:
                 break
             if pid == 0:
                 break
+            if self.reload is not None and pid == self.reload[0].pid:
+                self.reload[0].finished(status)
+                self._reload_checked()
+                continue
             slot = self.by_pid.pop(pid, None)
             if slot is None:
                 continue
@@ -762,14 +802,12 @@ class Master:
 
     @staticmethod
     def _crash_burst(pool: Pool, queue: str) -> bool:
-        """Counts a crash of one of the pool's workers; says whether crashes come in a burst,
-        and logs the start and the end of each burst once."""
-        now = time.monotonic()
-        pool.crashes.append(now)
-        while pool.crashes and pool.crashes[0] < now - CRASH_WINDOW:
-            pool.crashes.popleft()
-        burst = len(pool.crashes) > CRASH_BURST
-        if burst and not pool.in_burst:
+        """Counts a crash of one of the pool's workers; says whether crashes come in a burst
+        (and logs it once, as a burst begins)."""
+        pool.crashes.append(time.monotonic())
+        _forget_old_crashes(pool)
+        if len(pool.crashes) > CRASH_BURST and not pool.in_burst:
+            pool.in_burst = True
             log.warning(
                 "Queue %r: %d worker crashes in %gs; each replacement waits %gs until they "
                 "calm down.",
@@ -778,32 +816,26 @@ class Master:
                 CRASH_WINDOW,
                 CRASH_PAUSE,
             )
-        elif pool.in_burst and not burst:
-            log.info(
-                "Queue %r: worker crashes calmed down; replacing crashed workers at once again.",
-                queue,
-            )
-        pool.in_burst = burst
-        return burst
+        return pool.in_burst
 
     def _judge_held_task(self, slot: Slot, how: str, requeue: Requeue) -> None:
         """Decides what a dead worker's death means for the task it held. A stop never
         counts. A timeout kill counts as a failed attempt, when the worker had left the
-        payload to store for it. Any other death counts against the task, which the next
-        worker to take it refuses once it killed ``DEATHS_PER_TASK``."""
+        payload to store for it. Any other death is counted against the task in its queue,
+        where the next worker to take it refuses it once it killed ``DEATHS_PER_TASK``."""
         held = slot.held()
         if held is None or slot.killed_to_stop:
             return
         queue = slot.settings.queue
         task = f"Task {held.task_id} ({held.func or 'not yet decoded'}) on queue {queue!r}"
-        # A server that returns a dead worker's task itself leaves nothing to settle here:
-        # there, a timeout kill counts as a death like any other.
-        countable = not client_class(slot.settings.dsn).server_requeues_dead_consumers
+        # A server that returns a dead worker's task itself leaves nothing to settle, and
+        # keeps no count but its own: the death table says which tasks to ask it about.
+        server_requeues = client_class(slot.settings.dsn).server_requeues_dead_consumers
         if (
             slot.timed_out == held.digest
             and held.payload is not None
             and held.complete_id
-            and countable
+            and not server_requeues
         ):
             requeue.failed = held
             requeue.failure = (
@@ -811,28 +843,19 @@ class Master:
                 f"timeout={slot.settings.timeout:g}s (worker pid {slot.pid})."
             )
             return
-        deaths = self.deaths.record(held.digest, f"pid {slot.pid} {how} {held.phase}")
-        if deaths < DEATHS_PER_TASK:
-            log.warning(
-                "%s: its worker (pid %d) died %s (%s); it runs again as it was (worker death "
-                "%d of %d before the dead letters).",
-                task,
-                slot.pid,
-                held.phase,
-                how,
-                deaths,
-                DEATHS_PER_TASK,
-            )
-        else:
-            log.error(
-                "%s: its worker (pid %d) died %s (%s), the death %d it caused; the next "
-                "worker to take it moves it to the dead letters unopened.",
-                task,
-                slot.pid,
-                held.phase,
-                how,
-                deaths,
-            )
+        requeue.death = f"pid {slot.pid} {how} {held.phase}"
+        if server_requeues:
+            self.deaths.record(held.digest, requeue.death)
+        log.warning(
+            "%s: its worker (pid %d) died %s (%s); it runs again as it was, with one more death "
+            "counted against it (at %d, the next worker to take it moves it to the dead "
+            "letters).",
+            task,
+            slot.pid,
+            held.phase,
+            how,
+            DEATHS_PER_TASK,
+        )
 
     def _read_reports(self, slot: Slot, to_end: bool = False) -> None:
         if slot.pipe is None:
@@ -933,7 +956,16 @@ class Master:
         return f"{total} worker(s) up; " + ", ".join(parts)
 
 
+def _forget_old_crashes(pool: Pool) -> bool:
+    """Drops the pool's crashes older than ``CRASH_WINDOW``; says whether those left make a
+    burst."""
+    since = time.monotonic() - CRASH_WINDOW
+    while pool.crashes and pool.crashes[0] < since:
+        pool.crashes.popleft()
+    return len(pool.crashes) > CRASH_BURST
+
+
 def _retire_first(slot: Slot) -> tuple:
     """Which slots to retire first: no process, then not yet up, then idle, newest first."""
     order = {State.BACKOFF: 0, State.EXITED: 0, State.STARTING: 1, State.RUNNING: 2}
-    return (order.get(slot.state, 3), slot.held() is not None, -slot.started_at)
+    return (order.get(slot.state, 3), slot.busy_since() is not None, -slot.started_at)

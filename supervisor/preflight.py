@@ -12,10 +12,12 @@ judged without harm to the running master.
 
 import json
 import os
+import select
 import signal
 import stat
-import subprocess
 import sys
+import time
+from contextlib import suppress
 from dataclasses import replace
 
 from alligator.allowlist import AllowedTasks
@@ -23,10 +25,8 @@ from alligator.backends import client_class
 from alligator.exceptions import AlligatorException, BackendError
 
 from .config import MAIN_SECTION, Config, ConfigError, load, sentence, shown_dsn
+from .exits import describe_exit
 from .systemd import SYSTEMD_VARIABLES
-
-#: The longest the imports may take before the file is refused.
-IMPORT_TIMEOUT = 30.0
 
 #: ``sys.path`` as it was before any ``pythonpath`` was put in front of it.
 BASE_SYS_PATH = list(sys.path)
@@ -57,7 +57,8 @@ say(done=True)
 
 def validate(path: str, pidfile: str | None = None) -> tuple[Config, list[str]]:
     """
-    Reads a configuration file and checks it against the machine.
+    Reads a configuration file and checks it against the machine: ``check_file``, then the
+    imports (``ImportCheck``), waited for.
 
     Ex::
 
@@ -67,13 +68,30 @@ def validate(path: str, pidfile: str | None = None) -> tuple[Config, list[str]]:
     :returns: The configuration, and warnings (one sentence each) that do not refuse it
     :raises ConfigError: With one sentence naming the file, section and key at fault
     """
+    config, warnings = check_file(path, pidfile)
+    check = ImportCheck(config)
+    check.wait()
+    if check.error is not None:
+        raise check.error
+    return config, warnings
+
+
+def check_file(path: str, pidfile: str | None = None) -> tuple[Config, list[str]]:
+    """
+    Everything ``validate`` checks but the imports, which take a process and may take
+    time: the file, the pidfile's and log file's directories, and each DSN.
+
+    Ex::
+
+        config, warnings = check_file('/etc/alligator/alligator.ini')
+
+    :raises ConfigError: With one sentence naming the file, section and key at fault
+    """
     config = load(path)
     if pidfile:
         config = replace(config, pidfile=os.path.abspath(pidfile))
     _check_files(config, pidfile_given=bool(pidfile))
-    warnings = check_dsns(config)
-    check_imports(config)
-    return config, warnings + _warnings(config)
+    return config, check_dsns(config) + _warnings(config)
 
 
 def worker_sys_path(config: Config) -> list[str]:
@@ -178,87 +196,143 @@ def _modules_to_import(config: Config) -> dict[str, str]:
     return modules
 
 
-def check_imports(config: Config) -> None:
+class ImportCheck:
     """
     Imports every ``preload`` module and every module (or package, for ``pkg.*``) the
-    ``tasks`` lists name, in a Python process of its own with the workers' ``sys.path``.
+    ``tasks`` lists name, in a Python process of its own with the workers' ``sys.path``:
+    a module that raises, exits, crashes or hangs at import is judged without harm to
+    whoever asks. It starts at once.
+
+    ``wait`` waits for its verdict. The master, which must not wait, polls ``fileno()``
+    and calls ``read()`` when it is readable, hands ``finished()`` the exit status it reaped
+    for ``pid``, and calls ``kill()`` once ``deadline`` passed.
 
     Ex::
 
-        check_imports(config)
+        check = ImportCheck(config)
+        check.wait()
+        if check.error is not None:
+            raise check.error  # names the first module that failed, and how
 
-    :raises ConfigError: Naming the first module that fails, and how: an exception, an exit
-        or a crash at import, or an import slower than ``IMPORT_TIMEOUT``
+    :raises ConfigError: When the process cannot be started
     """
-    modules = _modules_to_import(config)
-    if not modules:
-        return
-    spec = json.dumps({"path": worker_sys_path(config), "modules": list(modules)})
-    env = {key: value for key, value in os.environ.items() if key not in SYSTEMD_VARIABLES}
-    importing = None
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _IMPORT_SCRIPT, spec],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            env=env,
-            timeout=IMPORT_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        importing = _last_import(exc.stdout)
-        problem = f"did not finish importing within {IMPORT_TIMEOUT:g}s"
-    except OSError as exc:
-        raise ConfigError(
-            f"{config.path}: cannot start Python to check the imports: {exc}."
-        ) from exc
-    else:
-        importing, problem = _outcome(done)
-    if problem is None:
-        return
-    where = modules.get(importing, f"section [{MAIN_SECTION}]")
-    name = f"cannot import {importing}" if importing else "cannot check the imports"
-    raise ConfigError(f"{config.path}, {where}: {name} ({problem}).")
 
+    #: Output kept from the process (the end of it): its own lines are short.
+    KEPT_OUTPUT = 64 * 1024
 
-def _lines(output: str | bytes | None) -> list[dict]:
-    if isinstance(output, bytes):
-        output = output.decode("utf-8", "replace")
-    found = []
-    for line in (output or "").splitlines():
-        if line.startswith(_MARK):
-            try:
-                found.append(json.loads(line[len(_MARK) :]))
-            except ValueError:
-                continue
-    return found
-
-
-def _last_import(output: str | bytes | None) -> str | None:
-    importing = [line["importing"] for line in _lines(output) if "importing" in line]
-    return importing[-1] if importing else None
-
-
-def _outcome(done: subprocess.CompletedProcess) -> tuple[str | None, str | None]:
-    """The module being imported when the check ended, and what went wrong (or None)."""
-    lines = _lines(done.stdout)
-    for line in lines:
-        if "failed" in line:
-            return line["failed"], str(line.get("error", "no reason given"))
-    if any(line.get("done") for line in lines):
-        return None, None
-    importing = _last_import(done.stdout)
-    if done.returncode < 0:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.modules = _modules_to_import(config)
+        self.deadline = time.monotonic() + config.import_timeout
+        self.pid: int | None = None
+        self.done = not self.modules
+        self.error: ConfigError | None = None
+        self._fd: int | None = None
+        self._output = b""
+        self._eof = False
+        self._killed = False
+        if self.done:
+            return
+        spec = json.dumps({"path": worker_sys_path(config), "modules": list(self.modules)})
+        env = {key: value for key, value in os.environ.items() if key not in SYSTEMD_VARIABLES}
+        read_end, write_end = os.pipe()
         try:
-            how = f"killed by {signal.Signals(-done.returncode).name}"
-        except ValueError:
-            how = f"killed by signal {-done.returncode}"
-    else:
-        how = f"exited with status {done.returncode}"
-    stderr = done.stderr.strip().splitlines()
-    detail = f"; it said: {stderr[-1][:300]}" if stderr else ""
-    return importing, f"the process {how} at import{detail}"
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-c", _IMPORT_SCRIPT, spec],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, write_end, 1),
+                    (os.POSIX_SPAWN_DUP2, write_end, 2),
+                ],
+            )
+        except OSError as exc:
+            os.close(read_end)
+            raise ConfigError(
+                f"{config.path}: cannot start Python to check the imports: {exc}."
+            ) from exc
+        finally:
+            os.close(write_end)
+        os.set_blocking(read_end, False)
+        self._fd = read_end
+
+    def fileno(self) -> int | None:
+        """The process's output, to poll; ``None`` once it ended (so that a closed pipe
+        cannot keep a poll awake)."""
+        return None if self._eof else self._fd
+
+    def read(self) -> None:
+        """Takes what the process wrote so far, without waiting."""
+        while self._fd is not None and not self._eof:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return
+            self._eof = not chunk
+            self._output = (self._output + chunk)[-self.KEPT_OUTPUT :]
+
+    def kill(self) -> None:
+        """Ends a process that outlived ``deadline``: the check then fails for that."""
+        if self.pid is not None and not self.done:
+            self._killed = True
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def finished(self, status: int) -> None:
+        """Takes the process's exit status (from ``waitpid``) and gives the verdict."""
+        self.read()
+        os.close(self._fd)
+        self._fd, self.done = None, True
+        module, problem = self._outcome(status)
+        if problem is None:
+            return
+        where = self.modules.get(module, f"section [{MAIN_SECTION}]")
+        name = f"cannot import {module}" if module else "cannot check the imports"
+        self.error = ConfigError(f"{self.config.path}, {where}: {name} ({problem}).")
+
+    def wait(self) -> None:
+        """Waits for the verdict, ``deadline`` at most."""
+        if self.done:
+            return
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                break
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                _, status = os.waitpid(self.pid, 0)
+                break
+            poller.poll(min(remaining, 0.05) * 1000)
+            self.read()
+        self.finished(status)
+
+    def _outcome(self, status: int) -> tuple[str | None, str | None]:
+        """The module being imported when the process ended, and what went wrong (or
+        ``None``)."""
+        text = self._output.decode("utf-8", "replace")
+        lines = []
+        for line in text.splitlines():
+            if line.startswith(_MARK):
+                with suppress(ValueError):
+                    lines.append(json.loads(line[len(_MARK) :]))
+        for line in lines:
+            if "failed" in line:
+                return line["failed"], str(line.get("error", "no reason given"))
+        if any(line.get("done") for line in lines):
+            return None, None
+        importing = [line["importing"] for line in lines if "importing" in line]
+        module = importing[-1] if importing else None
+        if self._killed:
+            return module, f"did not finish importing within {self.config.import_timeout:g}s"
+        said = [line for line in text.splitlines() if line and not line.startswith(_MARK)]
+        detail = f"; it said: {said[-1][:300]}" if said else ""
+        return module, f"the process {describe_exit(status)} at import{detail}"
 
 
 def _warnings(config: Config) -> list[str]:

@@ -2,10 +2,12 @@
 Returning a reaped worker's tasks to its queue: the master's only talk with backends.
 
 A dead worker's in-flight tasks go back to the front of their queue as they were
-(``requeue_inflight``), except the run of a task that a ``timeout`` killed, which counts as
-a failed attempt: it is retried with one retry fewer, or goes to the dead letters, with
-the payload the worker left on its board for that case. A backend that cannot be reached
-costs one log line; the tasks then come back once the dead worker's lease runs out.
+(``requeue_inflight``), with one more death counted against the task it held when that
+death was the task's doing; except the run of a task that a ``timeout`` killed, which
+counts as a failed attempt: it is retried with one retry fewer, or goes to the dead
+letters, with the payload the worker left on its board for that case. A backend that
+cannot be reached costs one log line; the tasks then come back once the dead worker's
+lease runs out.
 """
 
 import logging
@@ -30,6 +32,8 @@ class Requeue:
     #: failed attempt, and why it failed.
     failed: Held | None = None
     failure: str = ""
+    #: How the worker died holding its task, when that death counts against the task.
+    death: str | None = None
 
 
 def requeue_tasks(requeues: list[Requeue]) -> None:
@@ -69,7 +73,7 @@ def _requeue_one(client: Client, requeue: Requeue) -> None:
     try:
         if requeue.failed is not None:
             _count_failed_attempt(client, requeue)
-        count = client.requeue_inflight(queue, requeue.consumer_id)
+        count = client.requeue_inflight(queue, requeue.consumer_id, requeue.death)
     except Exception as exc:
         log.error(
             "Cannot requeue the task of dead worker pid %d on queue %r (%s); it returns "

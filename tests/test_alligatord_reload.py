@@ -1,5 +1,6 @@
 """SIGHUP: alligatord applies a changed file without restarting what did not change."""
 
+import os
 import signal
 
 import pytest
@@ -96,5 +97,61 @@ def test_changed_settings_replace_workers_new_ones_first(daemons, dsn, tmp_path)
     # Each old worker was asked to go only once a new one was up in its place.
     assert new_up[0] < old_stop[0] and new_up[1] < old_stop[1]
 
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_the_master_goes_on_while_a_reload_imports_its_modules(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "slow_import.py").write_text("import time\ntime.sleep(3)\n")
+    config = tmp_path / "a.ini"
+    write_config(config, dsn, {"a": {"workers": 1}}, graceful_timeout=5, pythonpath="app")
+    daemon = daemons(config)
+    [first] = daemon.wait_workers({"a": 1})["a"]
+
+    # The new file's task module takes 3 s to import; meanwhile a worker dies.
+    write_config(
+        config,
+        dsn,
+        {"a": {"workers": 1}},
+        graceful_timeout=5,
+        pythonpath="app",
+        tasks="slow_import",
+    )
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: reloading" in daemon.log(), message="the reload to begin")
+    os.kill(first, signal.SIGKILL)
+    replaced = f"(pid {first}): RUNNING -> EXITED: killed by SIGKILL unexpectedly; replacing it"
+    wait_for(lambda: replaced in daemon.log(), timeout=2, message="the master to reap it")
+    # (The reload's import check is a child of the master too: look at the workers alone.)
+    [second] = wait_for(lambda: daemon.queue_workers("a", "idle"), timeout=2)
+    assert second != first and "Reloaded" not in daemon.log()
+    # Then the reload ends, and replaces the worker for the new settings.
+    wait_for(lambda: "Reloaded" in daemon.log(), timeout=10, message="the reload")
+    [third] = daemon.wait_workers({"a": 1}, timeout=10)["a"]
+    assert third != second
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_an_import_that_hangs_refuses_the_reload_and_nothing_else(daemons, tmp_path):
+    dsn = sqlite_dsn(tmp_path)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "hangs.py").write_text("import time\ntime.sleep(3600)\n")
+    config = tmp_path / "a.ini"
+    main = {"graceful_timeout": 5, "pythonpath": "app", "import_timeout": 1}
+    write_config(config, dsn, {"a": {"workers": 1}}, **main)
+    daemon = daemons(config)
+    [worker] = daemon.wait_workers({"a": 1})["a"]
+    write_config(config, dsn, {"a": {"workers": 1}}, **main, tasks="hangs")
+    daemon.send(signal.SIGHUP)
+    refusal = (
+        "section [queue:a], key tasks: cannot import hangs (did not finish importing within 1s)"
+    )
+    wait_for(lambda: refusal in daemon.log(), timeout=10, message="the refusal")
+    assert daemon.queue_workers("a") == [worker]
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0

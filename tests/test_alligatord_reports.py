@@ -4,12 +4,15 @@ through; and what it holds, on a board in shared memory, readable at any moment.
 """
 
 import os
+import select
+import signal
+import time
 
 import pytest
 
+from alligator.workers import DEATHS_PER_TASK
 from supervisor.board import (
     BURY_PAYLOAD,
-    DEATHS_PER_TASK,
     HOLDING,
     ID_MAX,
     PAYLOAD_MAX,
@@ -156,3 +159,59 @@ def test_a_forked_worker_sees_what_the_master_records_after_the_fork():
     os.write(write_end, b"!")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 1
+
+
+def test_a_board_read_while_its_worker_writes_is_never_torn():
+    """A forked writer switches its board between two tasks as fast as it can; every read
+    the master makes meanwhile sees one whole task, never the id of one with the digest of
+    the other."""
+    board = Board()
+    tasks = {task_digest("q", task_id): task_id for task_id in ("a" * 300, "b" * 7)}
+    pid = os.fork()
+    if pid == 0:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for digest, task_id in tasks.items():
+                board.hold(digest, task_id)
+                board.run(f"run.{task_id[:9]}", task_id * 3, RETRY_PAYLOAD)
+            board.idle()
+        os._exit(0)
+    seen = 0
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        held = board.read()
+        if held is None:
+            continue
+        seen += 1
+        if tasks[held.digest] != held.task_id or held.func not in ("", f"run.{held.task_id[:9]}"):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"a torn read: {held}")
+        assert held.payload in (None, held.task_id * 3)
+    assert seen > 100
+
+
+def test_a_death_table_lookup_while_the_master_writes_is_never_torn():
+    table = DeathTable()
+    digests = [task_digest("q", str(n)) for n in range(50)]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker: every count it reads must be one the master wrote for it
+        os.close(write_end)
+        torn = 0
+        while not select.select([read_end], [], [], 0)[0]:
+            for n, digest in enumerate(digests):
+                deaths, reason = table.lookup(digest)
+                if deaths and reason != f"task {n} death {deaths}":
+                    torn += 1
+        os._exit(min(torn, 100))
+    os.close(read_end)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        for n, digest in enumerate(digests):
+            deaths = table.lookup(digest)[0] + 1
+            assert table.record(digest, f"task {n} death {deaths}") == deaths
+            if deaths == 3:
+                table.forget(digest)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
