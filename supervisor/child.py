@@ -203,8 +203,6 @@ class SupervisedWorker(Worker):
         if _reopen_logs:
             _reopen_logs = False
             logs.reopen()
-        if self.reporter.broken:
-            self.stop()
 
 
 class ParentWatch(threading.Thread):
