@@ -5,4 +5,15 @@ from .tasks import Task
 from .workers import Worker
 
 __version__ = "1.0.0.dev0"
-__all__ = ["Gator", "Options", "Task", "Worker", "__version__"]
+__all__ = ["Gator", "Options", "Task", "Worker", "__version__", "version"]
+
+
+def version() -> str:
+    """
+    Returns the version of Alligator, for people to read.
+
+    Ex::
+
+        version()  # '1.0.0.dev0'
+    """
+    return __version__

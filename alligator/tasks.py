@@ -39,6 +39,7 @@ class Task:
     :param on_success: Hook called as ``on_success(task, result)`` after a success
     :param on_error: Hook called as ``on_error(task, exc)`` after the last failed attempt
     :param depends_on: Task ids (or tasks) this task depends on; stored with the task
+        (``None`` when none is given)
     :param delay_by: Seconds to wait before the task may run
     :param delay_until: Earliest time to run, as epoch seconds or an aware ``datetime``
 
@@ -275,6 +276,7 @@ class Task:
             raise InvalidTaskError(f"Task payload is not valid JSON: {exc}.") from None
         if not isinstance(fields, dict):
             raise InvalidTaskError("Task payload is not a JSON object.")
+        _lift_upstream_options(fields)
         if "async" in fields:
             fields["is_async"] = fields["async"]
         missing = [key for key in ("task_id", "retries", "is_async") if key not in fields]
@@ -311,9 +313,31 @@ class Task:
         return task
 
 
-def _task_ids(depends_on: Any) -> list[str]:
+def _lift_upstream_options(fields: dict) -> None:
+    """
+    Upstream Alligator (0.7 to 1.0) nests a task's hooks, as ``{"module", "callable"}`` or as
+    dotted paths, and its ``delay_until`` under ``"options"``: they move to the top level,
+    where this layout keeps them, so that tasks queued by those releases still run.
+    """
+    options = fields.pop("options", None)
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise InvalidTaskError("Task payload's options must be a JSON object.")
+    for key in (*HOOKS, "delay_until"):
+        value = options.get(key)
+        if isinstance(value, dict) and key in HOOKS:
+            module, name = value.get("module"), value.get("callable")
+            if not isinstance(module, str) or not isinstance(name, str):
+                raise InvalidTaskError(f"Task payload's {key} option lacks module or callable.")
+            value = f"{module}.{name}"
+        if value is not None and fields.get(key) is None:
+            fields[key] = value
+
+
+def _task_ids(depends_on: Any) -> list[str] | None:
     if depends_on is None:
-        return []
+        return None
     items = depends_on if isinstance(depends_on, list | tuple | set) else [depends_on]
     return [item.task_id if isinstance(item, Task) else str(item) for item in items]
 

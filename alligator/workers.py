@@ -41,7 +41,8 @@ class Worker:
     :param max_tasks: Return after this many tasks (success or failure); 0 runs forever
     :param to_consume: The queue to consume; the gator's queue when omitted
     :param nap_time: Longest pause between looks at an empty queue, for backends that
-        must poll (SQLite); backends that block on the server do not nap
+        must poll (SQLite); backends that block on the server do not nap. ``0`` never naps
+        longer than the backend's shortest pause
     :param consumer_id: The id the worker's in-flight tasks are held under; a new unique
         id when omitted (a supervisor passes its own, to requeue a dead worker's task)
     :param allowed_tasks: The modules whose functions the worker may run, e.g.
@@ -64,9 +65,9 @@ class Worker:
         consumer_id: str | None = None,
         allowed_tasks: AllowedTasks | list[str] | None = None,
     ) -> None:
-        if isinstance(nap_time, bool) or not isinstance(nap_time, int | float) or nap_time <= 0:
+        if isinstance(nap_time, bool) or not isinstance(nap_time, int | float) or nap_time < 0:
             raise AlligatorException(
-                f"nap_time must be a number of seconds > 0, not {nap_time!r}."
+                f"nap_time must be a number of seconds >= 0, not {nap_time!r}."
             )
         if to_consume is not None and to_consume != gator.queue_name:
             gator = copy.copy(gator)  # shares the backend connection

@@ -26,7 +26,7 @@ def test_defaults():
     assert len(task.task_id) == 36
     assert task.retries == 0 and task.is_async is True
     assert task.status == WAITING
-    assert task.depends_on == [] and task.delay_until is None
+    assert task.depends_on is None and task.delay_until is None
     assert Task().task_id != task.task_id
 
 
@@ -221,3 +221,53 @@ def test_delays():
 def test_bad_delays(options, match):
     with pytest.raises(InvalidTaskError, match=match):
         Task(**options)
+
+
+def upstream_payload(**fields) -> dict:
+    """A payload as upstream Alligator 1.0 wrote it: hooks and delay under "options"."""
+    data = {
+        "task_id": "up-1",
+        "retries": 2,
+        "is_async": True,
+        "module": "tests.tasks",
+        "callable": "add",
+        "args": [1, 2],
+        "kwargs": {},
+        "options": {},
+    }
+    data.update(fields)
+    return data
+
+
+def test_deserialize_reads_upstream_payloads():
+    options = {
+        "on_start": {"module": "tests.hooks", "callable": "on_start"},
+        "on_success": "tests.hooks.on_success",  # a dotted path, as some releases wrote
+        "delay_until": 1234567890.5,
+    }
+    task = Task.deserialize(json.dumps(upstream_payload(options=options)))
+    assert (task.task_id, task.retries, task.is_async) == ("up-1", 2, True)
+    assert (task.on_start, task.on_success, task.on_error) == (
+        "tests.hooks.on_start",
+        "tests.hooks.on_success",
+        None,
+    )
+    assert task.delay_until == 1234567890.5 and task.depends_on is None
+    assert task.run() == 3
+    # 0.7 wrote "async" rather than "is_async".
+    old = upstream_payload()
+    old["async"] = old.pop("is_async")
+    assert Task.deserialize(json.dumps(old)).is_async is True
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ([], "options must be a JSON object"),
+        ({"on_error": {"module": "tests.hooks"}}, "on_error option lacks module or callable"),
+        ({"on_error": {"module": "os", "callable": "system"}}, "on_error hook os.system"),
+    ],
+)
+def test_upstream_options_are_checked_like_the_rest(options, match):
+    with pytest.raises(InvalidTaskError, match=match):
+        Task.deserialize(json.dumps(upstream_payload(options=options)))

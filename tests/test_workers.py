@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import signal
@@ -77,9 +78,24 @@ def test_poison_tasks_do_not_stop_the_worker(gator):
     assert "SystemExit: 3" in dead[exiting.task_id]
 
 
-def test_nap_time_must_be_positive(gator):
-    with pytest.raises(AlligatorException, match="nap_time"):
-        Worker(gator, nap_time=0)
+def test_nap_time_must_be_a_number_of_seconds(gator):
+    for bad in (-1, "soon", True, None):
+        with pytest.raises(AlligatorException, match="nap_time"):
+            Worker(gator, nap_time=bad)
+
+
+def test_nap_time_0_naps_no_longer_than_the_backends_shortest_pause(tmp_path):
+    """Upstream's ``nap_time=0``: an idle SQLite worker then looks every few milliseconds,
+    never spinning."""
+    gator = Gator(f"sqlite:///{tmp_path / 'queue.db'}")
+    worker = Worker(gator, nap_time=0)
+    looks = []
+    peek = gator.backend._peek
+    gator.backend._peek = lambda queue: looks.append(time.monotonic()) or peek(queue)
+    started = time.monotonic()
+    assert gator.take(worker.consumer_id, timeout=0.5, poll_interval=worker.nap_time) is None
+    assert time.monotonic() - started >= 0.5
+    assert 20 <= len(looks) <= 150  # every 5 ms or so: neither a spin nor a 100 ms nap
 
 
 class FlakyBackend(LocmemClient):
@@ -274,3 +290,24 @@ def test_a_worker_leaving_stores_its_last_outcome_first():
     worker.run_forever()
     assert FlakyBackend.outages["ack"] == 0
     assert gator.backend.requeue_inflight(gator.queue_name, worker.consumer_id) == 0
+
+
+def test_a_payload_queued_by_upstream_alligator_runs(backend_dsn, queue_name, tmp_path):
+    """Tasks still in a queue when a deployment switches over from upstream Alligator run."""
+    gator = Gator(backend_dsn(), queue_name=queue_name)
+    record = tmp_path / "ran.txt"
+    payload = {
+        "task_id": "upstream-1",
+        "retries": 0,
+        "is_async": True,
+        "module": "tests.tasks",
+        "callable": "append_line",
+        "args": [str(record), "from upstream"],
+        "kwargs": {},
+        "options": {"on_success": {"module": "tests.hooks", "callable": "record_pid"}},
+    }
+    gator.backend.push(queue_name, "upstream-1", json.dumps(payload))
+    Worker(gator, max_tasks=1).run_forever()
+    assert tasks.lines(record)[0] == "from upstream"
+    assert tasks.lines(record)[1].startswith("hook in ")
+    assert gator.dead_letters() == []

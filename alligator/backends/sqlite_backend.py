@@ -499,6 +499,7 @@ class Client(BaseClient):
             if reserved is not None:
                 return reserved
             self._busy.discard(queue_name)  # empty, or a delayed task is due: look
+        poll_interval = max(poll_interval, FIRST_PAUSE)  # 0: the shortest pause, not a spin
         pause = min(self._idle_pause.get(queue_name, FIRST_PAUSE), poll_interval)
         while True:
             wait = self._peek(queue_name)
