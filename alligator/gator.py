@@ -4,6 +4,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -184,9 +185,9 @@ class Gator:
 
         This includes handling retries & re-raising exceptions. A failure with retries left
         runs a synchronous task again at once, and puts an async task back on its queue
-        with one fewer retry (status "retrying"). The last failure of an async task (or of
-        any task taken off the queue) puts it in the queue's dead-letter store with its
-        error text, then re-raises.
+        with one fewer retry (status "retrying"), delayed by ``Task.next_retry_delay()``. The
+        last failure of an async task (or of any task taken off the queue) puts it in the
+        queue's dead-letter store with its error text, then re-raises.
 
         Ex::
 
@@ -204,17 +205,20 @@ class Gator:
             except TASK_ERRORS as exc:
                 if task.retries > 0:
                     task.retries -= 1
+                    task.attempts += 1
+                    wait = task.next_retry_delay() if task.is_async else 0.0
                     log.warning(
-                        "Task %s (%s) failed (%s: %s); %d retries left.",
+                        "Task %s (%s) failed (%s: %s); %d retries left, the next in %.3gs.",
                         task.task_id,
                         task.func_path,
                         type(exc).__name__,
                         exc,
                         task.retries,
+                        wait,
                     )
                     if not task.is_async:
                         continue
-                    self._settle(task.task_id, partial(self._retry_later, task))
+                    self._settle(task.task_id, partial(self._retry_later, task, wait))
                     return task
                 if task.is_async or task.reserved_by is not None:
                     error = "".join(traceback.format_exception(exc)).strip()
@@ -237,13 +241,14 @@ class Gator:
         self.backend.ack(self.queue_name, task.task_id, task.reserved_by)
         task.reserved_by = None
 
-    def _retry_later(self, task: Task) -> None:
+    def _retry_later(self, task: Task, wait: float) -> None:
         data = self.payload(task)
+        due = time.time() + wait if wait else None
         if task.reserved_by is None:
-            task.task_id = self.backend.push(self.queue_name, task.task_id, data)
+            task.task_id = self.backend.push(self.queue_name, task.task_id, data, due)
         else:
             task.task_id = self.backend.retry(
-                self.queue_name, task.task_id, task.reserved_by, data
+                self.queue_name, task.task_id, task.reserved_by, data, due
             )
             task.reserved_by = None
 

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import math
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +18,13 @@ from .utils import dotted_path, resolve_path
 log = logging.getLogger(__name__)
 
 HOOKS = ("on_start", "on_success", "on_error")
+#: The retry options and their defaults.
+RETRY_DEFAULTS = {
+    "retry_delay": 0.0,
+    "retry_backoff": 1.0,
+    "retry_max_delay": 3600.0,
+    "retry_jitter": True,
+}
 
 #: What a task may raise that counts as its failure: ``sys.exit()`` inside a task is a bug
 #: of that task, not a request to stop the worker running it.
@@ -42,6 +51,12 @@ class Task:
         (``None`` when none is given)
     :param delay_by: Seconds to wait before the task may run
     :param delay_until: Earliest time to run, as epoch seconds or an aware ``datetime``
+    :param retry_delay: Seconds a queued task waits before its first retry (default 0)
+    :param retry_backoff: What each later wait is multiplied by (default 1; 2 doubles it)
+    :param retry_max_delay: The longest wait before a retry (default 3600)
+    :param retry_jitter: Add a random 0 to 100 % to each wait (default ``True``), so that
+        tasks that failed together do not all come back at once; never past
+        ``retry_max_delay``
 
     Hooks are importable functions (or their ``"module.name"`` paths): they are stored by
     path, so they fire in whichever process runs the task.
@@ -58,6 +73,10 @@ class Task:
         depends_on: Any = None,
         delay_by: float | None = None,
         delay_until: float | datetime | None = None,
+        retry_delay: float = 0.0,
+        retry_backoff: float = 1.0,
+        retry_max_delay: float = 3600.0,
+        retry_jitter: bool = True,
         **legacy: Any,
     ) -> None:
         if "async" in legacy:
@@ -76,6 +95,12 @@ class Task:
         self.on_error = on_error
         self.depends_on = _task_ids(depends_on)
         self.delay_until = _due_time(delay_by, delay_until)
+        self.retry_delay = _seconds("retry_delay", retry_delay)
+        self.retry_backoff = _seconds("retry_backoff", retry_backoff, least=1.0)
+        self.retry_max_delay = _seconds("retry_max_delay", retry_max_delay)
+        self.retry_jitter = bool(retry_jitter)
+        # Failed attempts so far: the retries spent.
+        self.attempts = 0
         self.status = DELAYED if self.delay_until is not None else WAITING
         self.result: Any = None
         self.func: Callable | None = None
@@ -198,6 +223,28 @@ class Task:
                 "The %s hook of task %s (%s) failed.", name, self.task_id, self.func_path
             )
 
+    def next_retry_delay(self) -> float:
+        """
+        Seconds to wait before the retry that follows failed attempt number ``attempts``:
+        ``retry_delay``, times ``retry_backoff`` for each attempt after the first, at most
+        ``retry_max_delay``; with ``retry_jitter``, plus a random 0 to 100 % of that (still at
+        most ``retry_max_delay``). Never less than the wait without jitter.
+
+        Ex::
+
+            task = Task(retry_delay=10, retry_backoff=2, retry_jitter=False)
+            task.attempts = 3
+            task.next_retry_delay()  # 40.0
+        """
+        try:
+            grown = self.retry_delay * self.retry_backoff ** max(self.attempts - 1, 0)
+        except OverflowError:
+            grown = math.inf
+        wait = min(self.retry_max_delay, grown)
+        if self.retry_jitter and wait:
+            wait = min(self.retry_max_delay, wait * (1 + random.random()))
+        return wait
+
     def serialize(self) -> str:
         """
         Serializes the ``Task`` data for storing in the queue.
@@ -229,6 +276,12 @@ class Task:
         for hook_name in HOOKS:
             hook = getattr(self, hook_name)
             data[hook_name] = hook if hook is None or isinstance(hook, str) else dotted_path(hook)
+        # Only what differs from the defaults, so that a plain task's payload stays short.
+        for name, default in RETRY_DEFAULTS.items():
+            if getattr(self, name) != default:
+                data[name] = getattr(self, name)
+        if self.attempts:
+            data["attempts"] = self.attempts
         try:
             return json.dumps(data, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
@@ -299,8 +352,13 @@ class Task:
             is_async=fields["is_async"],
             depends_on=fields.get("depends_on"),
             delay_until=fields.get("delay_until"),
+            **{name: fields.get(name, default) for name, default in RETRY_DEFAULTS.items()},
             **hooks,
         )
+        attempts = fields.get("attempts", 0)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            raise InvalidTaskError("Task payload's attempts must be a whole number >= 0.")
+        task.attempts = attempts
         task.allowed = allowed
         if "status" in fields:
             task.status = fields["status"]
@@ -333,6 +391,14 @@ def _lift_upstream_options(fields: dict) -> None:
             value = f"{module}.{name}"
         if value is not None and fields.get(key) is None:
             fields[key] = value
+
+
+def _seconds(name: str, value: Any, least: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidTaskError(f"{name} must be a number, not {value!r}.")
+    if value < least:
+        raise InvalidTaskError(f"{name} must be at least {least:g}, not {value!r}.")
+    return float(value)
 
 
 def _task_ids(depends_on: Any) -> list[str] | None:

@@ -34,9 +34,9 @@ NO_PAYLOAD, RETRY_PAYLOAD, BURY_PAYLOAD = 0, 1, 2
 
 DIGEST_SIZE = 16
 _SEQUENCE = struct.Struct("<I")
-# sequence, state, payload kind, id cut short, since, digest, id/func/payload lengths, and
-# the CRC-32 of the id and function, and of the payload.
-_BOARD = struct.Struct("<IBBBxd16sHHIII")
+# sequence, state, payload kind, id cut short, since, digest, id/func/payload lengths, the
+# CRC-32 of the id and function, and of the payload, and the seconds a retry waits.
+_BOARD = struct.Struct("<IBBBxd16sHHIIId")
 ID_MAX = 512
 FUNC_MAX = 256
 _ID_AT = _BOARD.size
@@ -99,6 +99,7 @@ class Held:
     func: str
     payload: str | None
     payload_kind: int
+    retry_in: float = 0.0  # seconds the retry in ``payload`` waits after a kill
 
     @property
     def phase(self) -> str:
@@ -132,7 +133,14 @@ class Board:
 
     # The worker's side.
 
-    def _write(self, state: int, func: bytes = b"", payload: bytes = b"", kind: int = 0) -> None:
+    def _write(
+        self,
+        state: int,
+        func: bytes = b"",
+        payload: bytes = b"",
+        kind: int = 0,
+        retry_in: float = 0.0,
+    ) -> None:
         board = self._map
         since, digest, id_bytes, cut = self._held
         odd = self._sequence + 1
@@ -142,7 +150,9 @@ class Board:
         board[_PAYLOAD_AT : _PAYLOAD_AT + len(payload)] = payload
         lengths = (len(id_bytes), len(func), len(payload))
         checks = (zlib.crc32(func, zlib.crc32(id_bytes)), zlib.crc32(payload))
-        _BOARD.pack_into(board, 0, odd, state, kind, cut, since, digest, *lengths, *checks)
+        _BOARD.pack_into(
+            board, 0, odd, state, kind, cut, since, digest, *lengths, *checks, retry_in
+        )
         # Last, so that a reader who sees it even again read all of the above.
         self._sequence = odd + 1
         _SEQUENCE.pack_into(board, 0, self._sequence)
@@ -152,13 +162,20 @@ class Board:
         self._held = (time.monotonic(), digest, *_encode(task_id, ID_MAX))
         self._write(HOLDING)
 
-    def run(self, func: str, payload: str | None = None, kind: int = NO_PAYLOAD) -> None:
+    def run(
+        self,
+        func: str,
+        payload: str | None = None,
+        kind: int = NO_PAYLOAD,
+        retry_in: float = 0.0,
+    ) -> None:
         """The held task starts to run; ``payload`` (if any) is what to store if it is
-        killed: the payload to retry (``RETRY_PAYLOAD``) or to bury (``BURY_PAYLOAD``)."""
+        killed: the payload to retry (``RETRY_PAYLOAD``), ``retry_in`` seconds after the
+        kill, or to bury (``BURY_PAYLOAD``)."""
         data = b"" if payload is None else payload.encode("utf-8", "surrogateescape")
         if not data or len(data) > PAYLOAD_MAX:
             data, kind = b"", NO_PAYLOAD
-        self._write(RUNNING, _encode(func, FUNC_MAX)[0], data, kind)
+        self._write(RUNNING, _encode(func, FUNC_MAX)[0], data, kind, retry_in)
 
     def idle(self) -> None:
         """The worker holds no task."""
@@ -184,7 +201,7 @@ class Board:
         for _ in range(_READ_TRIES):
             fields = _BOARD.unpack_from(board, 0)
             sequence, state, kind, cut, since, digest, id_len, func_len, payload_len = fields[:9]
-            meta_check, payload_check = fields[9:]
+            meta_check, payload_check, retry_in = fields[9:]
             if sequence % 2:
                 continue
             if state == IDLE or id_len > ID_MAX or func_len > FUNC_MAX:
@@ -213,6 +230,7 @@ class Board:
                 _decode(func),
                 None if payload is None else _decode(payload),
                 kind,
+                retry_in,
             )
         return None
 

@@ -177,19 +177,21 @@ class SupervisedWorker(Worker):
         else:
             self.board.run(func)
 
-    def _payload_if_killed(self, task: Task) -> tuple[str | None, int]:
+    def _payload_if_killed(self, task: Task) -> tuple[str | None, int, float]:
         """What the master stores if a timeout kills this run, which then counts as a failed
-        attempt: the payload with one retry fewer, or the one for the dead letters."""
+        attempt: the payload with one retry fewer, and how long that retry waits; or the
+        payload for the dead letters."""
         try:
             if task.retries > 0:
                 attempt = copy.copy(task)
                 attempt.retries -= 1
+                attempt.attempts += 1
                 attempt.to_retrying()
-                return self.gator.payload(attempt), RETRY_PAYLOAD
-            return self.gator.payload(task), BURY_PAYLOAD
+                return self.gator.payload(attempt), RETRY_PAYLOAD, attempt.next_retry_delay()
+            return self.gator.payload(task), BURY_PAYLOAD, 0.0
         except Exception as exc:  # the master then counts a worker death instead
             log.warning("Cannot prepare task %s for a failed run: %s", task.task_id, exc)
-            return None, NO_PAYLOAD
+            return None, NO_PAYLOAD, 0.0
 
     def idle(self) -> None:
         self._between_tasks()

@@ -11,6 +11,7 @@ lease runs out.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 
 from alligator.backends import Client, client_class, redact_dsn
@@ -93,11 +94,13 @@ def _count_failed_attempt(client: Client, requeue: Requeue) -> None:
     held, queue = requeue.failed, requeue.settings.queue
     task = f"Task {held.task_id} ({held.func}) on queue {queue!r}"
     if held.payload_kind == RETRY_PAYLOAD:
-        client.retry(queue, held.task_id, requeue.consumer_id, held.payload)
+        due = time.time() + held.retry_in if held.retry_in else None
+        client.retry(queue, held.task_id, requeue.consumer_id, held.payload, due)
         log.warning(
-            "%s: %s The run counts as a failed attempt; it will be retried.",
+            "%s: %s The run counts as a failed attempt; it will be retried in %.3gs.",
             task,
             requeue.failure,
+            held.retry_in,
         )
     elif held.payload_kind == BURY_PAYLOAD:
         client.add_dead_letter(

@@ -50,6 +50,12 @@ def sleep_then_record(path, seconds):
     record(path, f"done {os.getpid()}")
 
 
+def stamp_then_sleep(path, seconds):
+    """Records ``start PID TIME`` (epoch seconds), then sleeps."""
+    record(path, f"start {os.getpid()} {time.time()}")
+    time.sleep(seconds)
+
+
 def pause_then_record(path, line, seconds):
     """Sleeps, then records ``line``."""
     time.sleep(seconds)

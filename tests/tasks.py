@@ -37,3 +37,9 @@ def lines(path) -> list[str]:
     """Reads what ``append_line`` wrote (an empty list before the first line)."""
     file = Path(path)
     return file.read_text().splitlines() if file.exists() else []
+
+
+def stamp_and_fail(path):
+    """Records the time of this attempt (epoch seconds), then fails."""
+    append_line(path, time.time())
+    raise RuntimeError("failing on purpose")

@@ -63,22 +63,29 @@ def test_timeout_kills_the_worker_and_counts_a_failed_attempt(daemons, dsn, tmp_
     daemon.wait_workers({"a": 1})
     record = tmp_path / "runs.txt"
     gator = Gator(dsn, queue_name="a")
-    with gator.options(retries=1) as opts:
-        task = opts.task(support.sleep_then_record, str(record), 60)
+    with gator.options(retries=1, retry_delay=1.5, retry_jitter=False) as opts:
+        task = opts.task(support.stamp_then_sleep, str(record), 60)
 
-    # The first run is killed after a second and retried once; the retry is killed too,
-    # and with no retry left the task goes to the dead letters.
+    # The first run is killed after a second and retried once, 1.5 s after the kill; the
+    # retry is killed too, and with no retry left the task goes to the dead letters.
     dead = wait_for(gator.dead_letters, timeout=15, message="the task to be dead-lettered")
     assert [letter.task_id for letter in dead] == [task.task_id]
     assert "ran longer than timeout=1s" in dead[0].error
     starts = lines(record)
     assert len(starts) == 2 and all(line.startswith("start") for line in starts)
     assert starts[0] != starts[1]  # a new worker each time
+    first, second = (float(line.split()[2]) for line in starts)
+    # The timeout (counted from the moment the task was taken, a few milliseconds before it
+    # started), then the retry's delay, counted from the kill.
+    assert second - first >= 1 + 1.5 - 0.05
     assert gator.len() == 0
     log = daemon.log()
     assert log.count("ran longer than timeout=1s; killing the worker") == 2
     killed = "Killed by alligatord: the task ran longer than timeout=1s"
-    assert f"{killed} (worker pid {starts[0].split()[1]}). The run counts as a failed " in log
+    assert (
+        f"{killed} (worker pid {starts[0].split()[1]}). The run counts as a failed attempt; "
+        "it will be retried in 1.5s." in log
+    )
     assert f"{killed} (worker pid {starts[1].split()[1]}). It had no retries left;" in log
     daemon.wait_workers({"a": 1})
     daemon.send(signal.SIGTERM)

@@ -271,3 +271,60 @@ def test_deserialize_reads_upstream_payloads():
 def test_upstream_options_are_checked_like_the_rest(options, match):
     with pytest.raises(InvalidTaskError, match=match):
         Task.deserialize(json.dumps(upstream_payload(options=options)))
+
+
+def test_retry_delays_grow_by_the_backoff_up_to_the_cap():
+    task = Task(retry_delay=1, retry_backoff=2, retry_max_delay=5, retry_jitter=False)
+    waits = []
+    for attempts in range(1, 6):
+        task.attempts = attempts
+        waits.append(task.next_retry_delay())
+    assert waits == [1, 2, 4, 5, 5]
+    task.attempts = 10_000  # no overflow, however many
+    assert task.next_retry_delay() == 5
+    assert Task().next_retry_delay() == 0  # by default, at once
+
+
+def test_jitter_adds_up_to_the_delay_again_and_never_passes_the_cap():
+    task = Task(retry_delay=10, retry_max_delay=15)
+    task.attempts = 1
+    waits = [task.next_retry_delay() for _ in range(2000)]
+    assert min(waits) >= 10 and max(waits) <= 15
+    assert max(waits) - min(waits) > 4  # spread, not a constant
+    task = Task(retry_delay=2, retry_max_delay=100)
+    task.attempts = 1
+    waits = [task.next_retry_delay() for _ in range(2000)]
+    assert 2 <= min(waits) < 2.1 and 3.9 < max(waits) <= 4
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"retry_delay": -1}, "retry_delay must be at least 0"),
+        ({"retry_backoff": 0.5}, "retry_backoff must be at least 1"),
+        ({"retry_max_delay": float("inf")}, "retry_max_delay must be a number"),
+        ({"retry_delay": "soon"}, "retry_delay must be a number"),
+    ],
+)
+def test_bad_retry_options(options, match):
+    with pytest.raises(InvalidTaskError, match=match):
+        Task(**options)
+
+
+def test_retry_options_and_attempts_travel_with_the_task():
+    task = Task(retry_delay=3, retry_backoff=2, retry_jitter=False)
+    task.attempts = 2
+    task.to_call(tasks.add, 1, 2)
+    data = json.loads(task.serialize())
+    assert (data["retry_delay"], data["retry_backoff"], data["retry_jitter"]) == (3, 2, False)
+    assert data["attempts"] == 2 and "retry_max_delay" not in data  # defaults stay out
+    copy = Task.deserialize(task.serialize())
+    assert (copy.retry_delay, copy.retry_backoff, copy.retry_jitter, copy.attempts) == (
+        3,
+        2,
+        False,
+        2,
+    )
+    plain = Task()
+    plain.to_call(tasks.add, 1, 2)
+    assert not {"retry_delay", "attempts"} & set(json.loads(plain.serialize()))

@@ -311,3 +311,21 @@ def test_a_payload_queued_by_upstream_alligator_runs(backend_dsn, queue_name, tm
     assert tasks.lines(record)[0] == "from upstream"
     assert tasks.lines(record)[1].startswith("hook in ")
     assert gator.dead_letters() == []
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_retries_wait_their_delay_and_never_run_early(backend_dsn, queue_name, tmp_path, jitter):
+    gator = Gator(backend_dsn(), queue_name=queue_name)
+    stamps = tmp_path / "attempts.txt"
+    options = {"retries": 2, "retry_delay": 0.4, "retry_backoff": 2, "retry_jitter": jitter}
+    with gator.options(**options) as opts:
+        opts.task(tasks.stamp_and_fail, str(stamps))
+    Worker(gator, max_tasks=3, nap_time=0.01).run_forever()
+    first, second, third = (float(line) for line in tasks.lines(stamps))
+    # beanstalkd counts delays in whole seconds, rounded up: later, never earlier.
+    slack = 1.1 if backend_dsn.backend == "beanstalk" else 0.4
+    for gap, delay in ((second - first, 0.4), (third - second, 0.8)):
+        assert gap >= delay
+        assert gap <= (2 * delay if jitter else delay) + slack
+    [dead] = gator.dead_letters()
+    assert "failing on purpose" in dead.error
