@@ -6,7 +6,24 @@ class AlligatorException(Exception):
 
 
 class TaskFailed(AlligatorException):
-    """Raised when a task fails."""
+    """
+    Raised when a task fails; by ``Gator.result``, for a task that failed for good, with
+    the text of its last error (``error``) and the name of its exception type
+    (``exc_type``).
+    """
+
+    def __init__(self, message: str, error: str = "", exc_type: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+        self.exc_type = exc_type
+
+
+class TaskCanceled(AlligatorException):
+    """``Gator.result`` of a task that was canceled before it ran."""
+
+
+class ResultTimeout(AlligatorException):
+    """``Gator.result`` waited its ``timeout`` and the task had not finished."""
 
 
 class UnknownCallableError(AlligatorException):

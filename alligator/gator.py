@@ -1,5 +1,6 @@
 """Gator and Options: the API producers and consumers share."""
 
+import json
 import logging
 import os
 import socket
@@ -11,10 +12,28 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from . import outcomes
 from .allowlist import AllowedTasks
-from .backends import Client, DeadLetter, Reserved, client_class
-from .constants import ALL
-from .exceptions import BackendError, InvalidTaskError, SettleError, TaskNotFound
+from .backends import (
+    DEAD,
+    DELAYED,
+    FINISHED,
+    INFLIGHT,
+    READY,
+    Client,
+    DeadLetter,
+    Outcome,
+    Reserved,
+    client_class,
+)
+from .constants import ALL, RETRYING, TaskStatus
+from .exceptions import (
+    AlligatorException,
+    BackendError,
+    InvalidTaskError,
+    SettleError,
+    TaskNotFound,
+)
 from .signing import Signer
 from .tasks import TASK_ERRORS, Task
 
@@ -48,6 +67,9 @@ class Gator:
     :param secret: Sign every task pushed, and run only tasks signed, with this secret (at
         least 16 characters); a list of secrets is accepted for rotation: the first signs,
         any verifies. See ``alligator.signing``.
+    :param result_backend: A DSN of another backend to keep tasks' outcomes in (for
+        ``status`` and ``result``): needed with ``beanstalk://``, which keeps none;
+        otherwise the queue's own backend keeps them, with each task's end
     """
 
     def __init__(
@@ -57,6 +79,7 @@ class Gator:
         task_class: type[Task] = Task,
         backend_class: type[Client] | None = None,
         secret: str | list[str] | None = None,
+        result_backend: str | None = None,
     ) -> None:
         self.conn_string = conn_string
         self.queue_name = queue_name
@@ -64,6 +87,11 @@ class Gator:
         self.backend_class = backend_class
         self.signer = Signer(secret) if secret else None
         self.backend = self.build_backend(conn_string)
+        # Outcomes kept elsewhere are stored just before the task's end (a crash in between
+        # runs the task again, which stores them again), not with it.
+        self.result_backend = (
+            client_class(result_backend)(result_backend) if result_backend else None
+        )
         # Tasks popped by this gator itself (pop/get) are held in flight under this id.
         self.consumer_id = new_consumer_id()
 
@@ -222,7 +250,8 @@ class Gator:
                     return task
                 if task.is_async or task.reserved_by is not None:
                     error = "".join(traceback.format_exception(exc)).strip()
-                    self._settle(task.task_id, partial(self._bury, task, error))
+                    bury = partial(self._bury, task, error, type(exc).__name__)
+                    self._settle(task.task_id, bury)
                 raise
             if task.reserved_by is not None:
                 self._settle(task.task_id, partial(self._ack, task))
@@ -237,8 +266,19 @@ class Gator:
                 f"The outcome of task {task_id} could not be stored in the queue: {exc}", store
             ) from exc
 
+    def _with_end(self, task_id: str, outcome: Outcome | None) -> Outcome | None:
+        """The outcome for the queue's backend to keep with a task's end; one kept by a
+        result backend is stored there first."""
+        if outcome is not None and self.result_backend is not None:
+            self.result_backend.store_result(self.queue_name, task_id, outcome)
+            return None
+        return outcome if self.backend.keeps_results else None
+
     def _ack(self, task: Task) -> None:
-        self.backend.ack(self.queue_name, task.task_id, task.reserved_by)
+        outcome = outcomes.success(task.task_id, task.result, task.result_ttl)
+        self.backend.ack(
+            self.queue_name, task.task_id, task.reserved_by, self._with_end(task.task_id, outcome)
+        )
         task.reserved_by = None
 
     def _retry_later(self, task: Task, wait: float) -> None:
@@ -247,14 +287,25 @@ class Gator:
         if task.reserved_by is None:
             task.task_id = self.backend.push(self.queue_name, task.task_id, data, due)
         else:
-            task.task_id = self.backend.retry(
-                self.queue_name, task.task_id, task.reserved_by, data, due
-            )
+            old_id = task.task_id
+            task.task_id = self.backend.retry(self.queue_name, old_id, task.reserved_by, data, due)
             task.reserved_by = None
+            if task.task_id != old_id and self.result_backend is not None:
+                # A backend that gives a retry an id of its own (beanstalkd): whoever follows
+                # the old id is sent on to the new one.
+                moved = outcomes.moved(task.task_id, task.result_ttl)
+                if moved is not None:
+                    self.result_backend.store_result(self.queue_name, old_id, moved)
 
-    def _bury(self, task: Task, error: str) -> None:
+    def _bury(self, task: Task, error: str, exc_type: str) -> None:
+        outcome = outcomes.failure(error, exc_type, task.result_ttl)
         self.backend.add_dead_letter(
-            self.queue_name, task.task_id, self.payload(task), error, consumer_id=task.reserved_by
+            self.queue_name,
+            task.task_id,
+            self.payload(task),
+            error,
+            consumer_id=task.reserved_by,
+            outcome=self._with_end(task.task_id, outcome),
         )
         task.reserved_by = None
 
@@ -322,7 +373,7 @@ class Gator:
         try:
             task = self._open(reserved.data, allowed)
         except Exception as exc:  # whatever the payload is, it must not stop a worker
-            self.refuse(reserved, consumer_id, str(exc))
+            self.refuse(reserved, consumer_id, str(exc), type(exc).__name__)
             raise InvalidTaskError(
                 f"Task {reserved.task_id} in queue {self.queue_name!r} cannot be run and was "
                 f"moved to the dead-letter store: {exc}"
@@ -336,9 +387,13 @@ class Gator:
             data = self.signer.verify(data)
         return self.task_class.deserialize(data, allowed)
 
-    def refuse(self, reserved: Reserved, consumer_id: str, reason: str) -> None:
+    def refuse(
+        self, reserved: Reserved, consumer_id: str, reason: str, exc_type: str = "Refused"
+    ) -> None:
         """
-        Moves a payload taken off the queue to the dead-letter store as it was, unopened.
+        Moves a payload taken off the queue to the dead-letter store as it was, unopened;
+        its outcome is that failure (kept for the default ``result_ttl``: its own cannot be
+        read).
 
         Ex::
 
@@ -346,17 +401,19 @@ class Gator:
 
         :raises SettleError: The backend could not store it; ``settle()`` tries again
         """
-        self._settle(
-            reserved.task_id,
-            partial(
-                self.backend.add_dead_letter,
+
+        def bury() -> None:
+            outcome = outcomes.failure(reason, exc_type, outcomes.DEFAULT_RESULT_TTL)
+            self.backend.add_dead_letter(
                 self.queue_name,
                 reserved.task_id,
                 reserved.data,
                 reason,
                 consumer_id,
-            ),
-        )
+                self._with_end(reserved.task_id, outcome),
+            )
+
+        self._settle(reserved.task_id, bury)
 
     def pop(self) -> Task | None:
         """
@@ -416,12 +473,18 @@ class Gator:
             # Whoops, didn't mean to do that.
             gator.cancel(task.task_id)
 
+        Its outcome, ``CANCELED``, is kept for the default ``result_ttl``.
+
         :param task_id: The identifier of the task to cancel
         :returns: The canceled ``Task`` instance
         """
-        data = self.backend.cancel(self.queue_name, task_id)
+        outcome = outcomes.canceled("Canceled by Gator.cancel.", outcomes.DEFAULT_RESULT_TTL)
+        kept_here = outcome if self.backend.keeps_results and not self.result_backend else None
+        data = self.backend.cancel(self.queue_name, task_id, kept_here)
         if data is None:
             raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
+        if self.result_backend is not None:
+            self.result_backend.store_result(self.queue_name, task_id, outcome)
         try:
             task = self._open(data, None)
         except Exception as exc:
@@ -435,6 +498,79 @@ class Gator:
         task.task_id = task_id
         task.to_canceled()
         return task
+
+    def status(self, task_id: str) -> TaskStatus:
+        """
+        The status of a task of this queue, from any process: ``WAITING``, ``DELAYED``,
+        ``RETRYING`` (waiting again after a failed attempt), ``RUNNING`` (a worker holds it),
+        ``SUCCESS``, ``FAILED`` (for good) or ``CANCELED``, and ``UNKNOWN`` for a task the
+        backend never saw or forgot (its outcome expired, or none was kept).
+
+        Ex::
+
+            gator.status(task.task_id)  # TaskStatus.RUNNING
+
+        :raises AlligatorException: When no backend keeps outcomes (``beanstalk://`` without
+            a ``result_backend``)
+        """
+        results = self._results()
+        if results is not self.backend:
+            # Kept just before the task's end: a kept outcome is the last word.
+            record = results.result(self.queue_name, task_id)
+            if record is not None:
+                fields = outcomes.read(record)
+                if "moved_to" in fields:
+                    return self.status(fields["moved_to"])
+                return TaskStatus(fields["status"])
+        found = self.backend.locate(self.queue_name, task_id)
+        if found is None:
+            return TaskStatus.UNKNOWN
+        if found.place == FINISHED:
+            return TaskStatus(outcomes.read(found.data)["status"])
+        if found.place in (READY, DELAYED) and _payload_status(found.data) == RETRYING:
+            return TaskStatus.RETRYING
+        return _STATUS_OF_PLACE[found.place]
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """
+        The value a task of this queue returned, once it finished, from any process: waits
+        for it up to ``timeout`` seconds (``None``: as long as it takes; ``0``: not at all),
+        on the server where the backend can (Redis), else looking again at growing
+        intervals.
+
+        Ex::
+
+            task = gator.task(add, 1, 2)
+            gator.result(task.task_id, timeout=30)  # 3
+
+        :raises TaskFailed: The task failed for good; its ``error`` (traceback text) and
+            ``exc_type`` are attached
+        :raises TaskCanceled: The task was canceled
+        :raises ResultTimeout: ``timeout`` passed first (or no outcome is kept for it)
+        :raises AlligatorException: When no backend keeps outcomes (``beanstalk://`` without
+            a ``result_backend``)
+        """
+        results = self._results()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            record = results.result(self.queue_name, task_id, remaining)
+            moved_to = None if record is None else outcomes.read(record).get("moved_to")
+            if moved_to is None:
+                return outcomes.value_of(task_id, record)
+            task_id = moved_to
+
+    def _results(self) -> Client:
+        if self.result_backend is not None:
+            return self.result_backend
+        if not self.backend.keeps_results:
+            raise AlligatorException(
+                f"The backend of {self.backend.conn_string.split('://', 1)[0]}:// keeps no "
+                "task outcomes: give the Gator a result_backend (e.g. "
+                "Gator(dsn, result_backend='redis://localhost:6379/0')) to use status() and "
+                "result()."
+            )
+        return self.backend
 
     def dead_letters(self) -> list[DeadLetter]:
         """
@@ -473,6 +609,23 @@ class Gator:
         :returns: How many were deleted
         """
         return self.backend.purge_dead_letters(self.queue_name)
+
+
+_STATUS_OF_PLACE = {
+    READY: TaskStatus.WAITING,
+    DELAYED: TaskStatus.DELAYED,
+    INFLIGHT: TaskStatus.RUNNING,
+    DEAD: TaskStatus.FAILED,
+}
+
+
+def _payload_status(data: str) -> Any:
+    """The ``status`` a payload says, without decoding more of it (``None`` if it cannot)."""
+    try:
+        fields = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return fields.get("status") if isinstance(fields, dict) else None
 
 
 class LeaseKeeper(threading.Thread):

@@ -13,17 +13,19 @@ from typing import Any
 from .allowlist import AllowedTasks
 from .constants import CANCELED, DELAYED, FAILED, RETRYING, SUCCESS, WAITING
 from .exceptions import InvalidTaskError
+from .outcomes import DEFAULT_RESULT_TTL
 from .utils import dotted_path, resolve_path
 
 log = logging.getLogger(__name__)
 
 HOOKS = ("on_start", "on_success", "on_error")
-#: The retry options and their defaults.
-RETRY_DEFAULTS = {
+#: The options a payload carries only when they differ from these defaults.
+OPTION_DEFAULTS = {
     "retry_delay": 0.0,
     "retry_backoff": 1.0,
     "retry_max_delay": 3600.0,
     "retry_jitter": True,
+    "result_ttl": DEFAULT_RESULT_TTL,
 }
 
 #: What a task may raise that counts as its failure: ``sys.exit()`` inside a task is a bug
@@ -57,6 +59,9 @@ class Task:
     :param retry_jitter: Add a random 0 to 100 % to each wait (default ``True``), so that
         tasks that failed together do not all come back at once; never past
         ``retry_max_delay``
+    :param result_ttl: Seconds the task's outcome (its return value, or its last error) is
+        kept for ``Gator.result`` and ``Gator.status`` once it finished: a day by default;
+        ``0`` keeps nothing, ``None`` keeps it for ever
 
     Hooks are importable functions (or their ``"module.name"`` paths): they are stored by
     path, so they fire in whichever process runs the task.
@@ -77,6 +82,7 @@ class Task:
         retry_backoff: float = 1.0,
         retry_max_delay: float = 3600.0,
         retry_jitter: bool = True,
+        result_ttl: float | None = DEFAULT_RESULT_TTL,
         **legacy: Any,
     ) -> None:
         if "async" in legacy:
@@ -99,6 +105,7 @@ class Task:
         self.retry_backoff = _seconds("retry_backoff", retry_backoff, least=1.0)
         self.retry_max_delay = _seconds("retry_max_delay", retry_max_delay)
         self.retry_jitter = bool(retry_jitter)
+        self.result_ttl = None if result_ttl is None else _seconds("result_ttl", result_ttl)
         # Failed attempts so far: the retries spent.
         self.attempts = 0
         self.status = DELAYED if self.delay_until is not None else WAITING
@@ -277,7 +284,7 @@ class Task:
             hook = getattr(self, hook_name)
             data[hook_name] = hook if hook is None or isinstance(hook, str) else dotted_path(hook)
         # Only what differs from the defaults, so that a plain task's payload stays short.
-        for name, default in RETRY_DEFAULTS.items():
+        for name, default in OPTION_DEFAULTS.items():
             if getattr(self, name) != default:
                 data[name] = getattr(self, name)
         if self.attempts:
@@ -352,7 +359,7 @@ class Task:
             is_async=fields["is_async"],
             depends_on=fields.get("depends_on"),
             delay_until=fields.get("delay_until"),
-            **{name: fields.get(name, default) for name, default in RETRY_DEFAULTS.items()},
+            **{name: fields.get(name, default) for name, default in OPTION_DEFAULTS.items()},
             **hooks,
         )
         attempts = fields.get("attempts", 0)

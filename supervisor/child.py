@@ -294,7 +294,12 @@ def run(
     """
     logs.set_queue(settings.queue)
     setproctitle.setproctitle(f"alligatord: worker [{settings.queue}] starting")
-    gator = Gator(settings.dsn, queue_name=settings.queue, secret=list(settings.secrets))
+    gator = Gator(
+        settings.dsn,
+        queue_name=settings.queue,
+        secret=list(settings.secrets),
+        result_backend=settings.result_backend,
+    )
     reporter = Reporter(report_fd)
     worker = SupervisedWorker(gator, settings, consumer_id, reporter, board, deaths)
     watch = ParentWatch(worker, master_pid, graceful)

@@ -39,10 +39,20 @@ MAIN_KEYS = (
     "pidfile",
     "preload",
     "pythonpath",
+    "result_backend",
     "secret",
     "tasks",
 )
-QUEUE_KEYS = ("workers", "dsn", "max_tasks", "max_memory", "timeout", "secret", "tasks")
+QUEUE_KEYS = (
+    "workers",
+    "dsn",
+    "max_tasks",
+    "max_memory",
+    "timeout",
+    "result_backend",
+    "secret",
+    "tasks",
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
@@ -84,6 +94,7 @@ class WorkerSettings:
     timeout: float = 0.0  # seconds one task may run; 0 = no limit
     tasks: tuple[str, ...] | None = None  # the allowed task modules; None: the default
     secrets: tuple[str, ...] = ()  # a signed queue's secrets, the first of which signs
+    result_backend: str | None = None  # where outcomes are kept, if not in the queue's DSN
 
     def __repr__(self) -> str:  # never the secrets, in a log or a traceback
         shown = ", ".join(
@@ -115,6 +126,7 @@ class Config:
 
     path: str
     dsn: str | None
+    result_backend: str | None
     graceful_timeout: float
     import_timeout: float
     log_level: str
@@ -374,6 +386,7 @@ def load(path: str) -> Config:
             main.fail("pythonpath", f"the directory {entry} does not exist")
     tasks = main.task_list("tasks")
     secrets = main.secrets("secret") or ()
+    result_backend = main.dsn("result_backend")
     import_timeout = main.seconds("import_timeout", DEFAULT_IMPORT_TIMEOUT)
     if not import_timeout:
         main.fail("import_timeout", "expected a number of seconds > 0, got '0'")
@@ -409,6 +422,7 @@ def load(path: str) -> Config:
             timeout=section.seconds("timeout", 0.0),
             tasks=section.task_list("tasks") or tasks,
             secrets=section.secrets("secret") or secrets,
+            result_backend=section.dsn("result_backend") or result_backend,
         )
         workers = section.whole_number("workers", DEFAULT_WORKERS, most=MAX_WORKERS)
         queues.append(QueueConfig(queue_name, workers, settings))
@@ -421,6 +435,7 @@ def load(path: str) -> Config:
     return Config(
         path=path,
         dsn=dsn,
+        result_backend=result_backend,
         graceful_timeout=main.seconds("graceful_timeout", DEFAULT_GRACEFUL_TIMEOUT),
         import_timeout=import_timeout,
         log_level=main.choice("log_level", LOG_LEVELS, "info"),

@@ -163,13 +163,17 @@ def check_dsns(config: Config) -> list[str]:
     """
     warnings = []
     seen: set[str] = set()
-    for queue in config.queues:
-        dsn = queue.settings.dsn
-        if dsn in seen:
+    for queue, key, dsn in (
+        (queue, key, getattr(queue.settings, key))
+        for queue in config.queues
+        for key in ("dsn", "result_backend")
+    ):
+        if dsn is None or dsn in seen:
             continue
         seen.add(dsn)
-        section = f"[queue:{queue.name}]" if dsn != config.dsn else f"[{MAIN_SECTION}]"
-        where = f"{config.path}, section {section}, key dsn"
+        inherited = dsn == getattr(config, key)
+        section = f"[{MAIN_SECTION}]" if inherited else f"[queue:{queue.name}]"
+        where = f"{config.path}, section {section}, key {key}"
         try:
             client = client_class(dsn)(dsn)
         except BackendError as exc:

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from alligator import outcomes
 from alligator.backends import Client, client_class, redact_dsn
 
 from .board import BURY_PAYLOAD, RETRY_PAYLOAD, Held
@@ -103,8 +104,14 @@ def _count_failed_attempt(client: Client, requeue: Requeue) -> None:
             held.retry_in,
         )
     elif held.payload_kind == BURY_PAYLOAD:
+        outcome = outcomes.failure(requeue.failure, "Timeout", outcomes.DEFAULT_RESULT_TTL)
         client.add_dead_letter(
-            queue, held.task_id, held.payload, requeue.failure, requeue.consumer_id
+            queue,
+            held.task_id,
+            held.payload,
+            requeue.failure,
+            requeue.consumer_id,
+            outcome if client.keeps_results else None,
         )
         log.warning(
             "%s: %s It had no retries left; moved to the dead letters.",

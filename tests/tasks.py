@@ -43,3 +43,19 @@ def stamp_and_fail(path):
     """Records the time of this attempt (epoch seconds), then fails."""
     append_line(path, time.time())
     raise RuntimeError("failing on purpose")
+
+
+def wait_for_file(path, seconds=30):
+    """Runs until ``path`` exists (or ``seconds`` pass), then returns its text."""
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Path(path).read_text() if Path(path).exists() else None
+
+
+def fail_once(path, value):
+    """Fails on its first run (counted in ``path``), then returns ``value``."""
+    append_line(path, "attempt")
+    if len(lines(path)) == 1:
+        raise RuntimeError("first attempt fails")
+    return value

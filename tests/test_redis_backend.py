@@ -12,8 +12,17 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from alligator.backends import EXPIRED_LEASE_DEATH, Reserved
-from alligator.backends.redis_backend import Client
+from alligator.backends import (
+    DEAD,
+    EXPIRED_LEASE_DEATH,
+    FINISHED,
+    INFLIGHT,
+    READY,
+    Located,
+    Outcome,
+    Reserved,
+)
+from alligator.backends.redis_backend import DONE_MS, Client
 from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from alligator.gator import Gator
 
@@ -252,6 +261,7 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
             client.requeue_expired(queue_name)
             client.reserve(queue_name, CONSUMER)
             client.requeue_inflight(queue_name, CONSUMER, death="killed")
+            client.store_result(queue_name, ids[2], Outcome("{}", 60))
 
     keys = admin.keys("*")
     assert keys
@@ -268,6 +278,8 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
         assert key not in task_ids
     assert len(by_queue) == 4
     assert "alligator:{emails}:deaths" in keys and "shop:{reports.daily:v2}:deaths" in keys
+    assert "alligator:{emails}:result:emails-2" in keys
+    assert "shop:{reports.daily:v2}:done:reports.daily:v2-2" in keys
     # One Redis Cluster slot per queue: its scripts never cross slots.
     assert all(len(slots) == 1 for slots in by_queue.values())
 
@@ -475,6 +487,200 @@ def test_an_expired_sweep_counts_the_tasks_of_each_dead_consumer(redis, prefix, 
     assert raw(redis).hlen(client.keys(queue_name).deaths) == 3
 
 
+# Outcomes.
+
+
+def outcome(value="42", ttl: float | None = 60.0) -> Outcome:
+    return Outcome(f'{{"status":1,"value":{value}}}', ttl)
+
+
+def test_an_ack_keeps_its_outcome_in_the_script_that_ends_the_task(redis, client, queue_name):
+    keys = client.keys(queue_name)
+    for task_id in ("warm", "kept", "plain", "lost"):
+        client.push(queue_name, task_id, "payload")
+    client.reserve(queue_name, CONSUMER)
+    client.ack(queue_name, "warm", CONSUMER, outcome())  # loads the script once
+    for _ in range(3):
+        client.reserve(queue_name, CONSUMER)
+    with CommandLog(redis, 0) as sent:
+        client.ack(queue_name, "kept", CONSUMER, outcome(ttl=90))
+        assert names(sent.read()) == ["EVALSHA"]
+    with CommandLog(redis, 0, scripts=True) as sent:
+        client.ack(queue_name, "kept", CONSUMER, outcome())  # acked already: keeps nothing
+        assert names(sent.read()) == ["EVALSHA", "LREM"]
+        # Without an outcome, an ack runs what it ran before outcomes existed.
+        client.ack(queue_name, "plain", CONSUMER)
+        assert names(sent.read()) == ["EVALSHA", "LREM", "HDEL", "HDEL"]
+        client.ack(queue_name, "lost", CONSUMER, outcome(ttl=90))
+        commands = sent.read()
+    # The task leaves the in-flight list, its record is kept and its waiters woken: one step.
+    assert names(commands) == ["EVALSHA", "LREM", "HDEL", "HDEL", "SET", "LPUSH", "PEXPIRE"]
+    assert commands[4] == f'SET {keys.result("lost")} {{"status":1,"value":42}} PX 90000'
+    assert commands[5:] == [
+        f"LPUSH {keys.done('lost')} 1",
+        f"PEXPIRE {keys.done('lost')} {DONE_MS}",
+    ]
+    assert client.result(queue_name, "kept") == '{"status":1,"value":42}'
+
+
+def test_an_outcome_expires_by_the_ttl_on_its_key(redis, client, queue_name):
+    admin = raw(redis)
+    keys = client.keys(queue_name)
+    client.store_result(queue_name, "day", outcome(ttl=86400))
+    assert 86_000_000 < admin.pttl(keys.result("day")) <= 86_400_000
+    client.store_result(queue_name, "forever", outcome(ttl=None))
+    assert admin.pttl(keys.result("forever")) == -1
+    # Stored again without a ttl, a record loses the one it had.
+    client.store_result(queue_name, "day", outcome(ttl=None))
+    assert admin.pttl(keys.result("day")) == -1
+    # A tiny ttl still expires (PX 0 is an error; no PX would keep it for ever).
+    client.store_result(queue_name, "tiny", outcome(ttl=0.0001))
+    wait_for(lambda: admin.exists(keys.result("tiny")) == 0, timeout=2)
+    # The ttl a task's cancel and dead letter give is on its key too.
+    client.push(queue_name, "canceled", "payload")
+    client.cancel(queue_name, "canceled", outcome(ttl=30))
+    assert 25_000 < admin.pttl(keys.result("canceled")) <= 30_000
+    client.add_dead_letter(queue_name, "failed", "payload", "boom", outcome=outcome(ttl=30))
+    assert 25_000 < admin.pttl(keys.result("failed")) <= 30_000
+
+
+def test_the_done_list_expires_and_a_wait_leaves_no_key(redis, client, queue_name):
+    admin = raw(redis)
+    keys = client.keys(queue_name)
+    client.store_result(queue_name, "t", outcome(ttl=None))
+    assert admin.lrange(keys.done("t"), 0, -1) == ["1"]
+    assert 0 < admin.pttl(keys.done("t")) <= DONE_MS
+    # A waiter woken by it passes the token on, with the list's expiry renewed.
+    admin.delete(keys.result("t"), keys.done("t"))
+    threading.Timer(0.2, client.store_result, (queue_name, "t", outcome(ttl=None))).start()
+    assert client.result(queue_name, "t", timeout=5) is not None
+    assert 0 < admin.pttl(keys.done("t")) <= DONE_MS
+    # Waiting for an outcome that never comes writes nothing.
+    assert client.result(queue_name, "never", timeout=0.2) is None
+    assert admin.keys(f"{client.prefix}:*never*") == []
+
+
+def test_a_waiting_result_blocks_on_the_server_not_in_a_polling_loop(redis, client, queue_name):
+    raw(redis).script_load(client._after_wake.script)  # the one a waiting result runs
+    client.result(queue_name, "t")  # connected now, so its handshake is not logged
+    with CommandLog(redis, 0) as sent:
+        started = time.monotonic()
+        assert client.result(queue_name, "t", timeout=2.0) is None
+        assert time.monotonic() - started >= 1.9
+        commands = names(sent.read())
+    # One GET, then per second at most one BLPOP and the script riding with it.
+    assert commands[0] == "GET" and "BLPOP" in commands
+    assert commands.count("GET") == 1 and len(commands) <= 7, commands
+    got = {}
+
+    def wait() -> None:
+        got["record"] = client.result(queue_name, "t", timeout=5)
+        got["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    admin = raw(redis)
+    wait_for(
+        lambda: any(c["cmd"] == "blpop" for c in admin.client_list()),
+        message="the result to block on the server",
+    )
+    stored_at = time.monotonic()
+    Client(dsn_for(redis, prefix=client.prefix)).store_result(queue_name, "t", outcome())
+    waiter.join(10)
+    assert got["record"] == '{"status":1,"value":42}'
+    # About one round trip; the bound only rules out waiting out a slice or a poll.
+    assert got["at"] - stored_at < 0.2
+
+
+def test_every_waiter_wakes_for_one_outcome(redis, client, queue_name):
+    waiters = [Client(dsn_for(redis, prefix=client.prefix)) for _ in range(4)]
+    got: dict[int, tuple] = {}
+
+    def wait(n: int) -> None:
+        got[n] = (waiters[n].result(queue_name, "t", timeout=10), time.monotonic())
+
+    threads = [threading.Thread(target=wait, args=(n,)) for n in range(len(waiters))]
+    for thread in threads:
+        thread.start()
+    admin = raw(redis)
+    wait_for(
+        lambda: sum(c["cmd"] == "blpop" for c in admin.client_list()) == len(waiters),
+        message="every waiter to block on the server",
+    )
+    stored_at = time.monotonic()
+    client.store_result(queue_name, "t", outcome())
+    for thread in threads:
+        thread.join(15)
+    assert [record for record, _ in got.values()] == ['{"status":1,"value":42}'] * len(waiters)
+    # One token woke them all, each passing it on: none waited out its one-second slice.
+    assert max(at for _, at in got.values()) - stored_at < 0.5
+    for waiter in waiters:
+        waiter.close()
+
+
+def test_a_waiting_result_survives_a_script_flush(redis, client, queue_name):
+    raw(redis).script_flush()  # as after a restart: the script riding with BLPOP is gone
+    assert client.result(queue_name, "t", timeout=0.1) is None
+    raw(redis).script_flush()
+    threading.Timer(0.3, client.store_result, (queue_name, "t", outcome())).start()
+    assert client.result(queue_name, "t", timeout=5) == '{"status":1,"value":42}'
+
+
+def test_a_push_and_a_dead_letter_requeue_forget_the_outcome_in_their_scripts(
+    redis, client, queue_name
+):
+    admin = raw(redis)
+    keys = client.keys(queue_name)
+    client.push(queue_name, "warm", "up")  # loads the scripts once
+    client.requeue_dead_letters(queue_name)
+    client.requeue_dead_letters(queue_name, ["warm"])
+    client.store_result(queue_name, "t", outcome())
+    with CommandLog(redis, 0) as sent:
+        client.push(queue_name, "t", "payload")
+        assert names(sent.read()) == ["EVALSHA"]
+    assert admin.exists(keys.result("t"), keys.done("t")) == 0
+    for requeue in ([], ["t"]):
+        client.reserve(queue_name, CONSUMER)  # "warm", then "t"
+        client.reserve(queue_name, CONSUMER)
+        client.add_dead_letter(queue_name, "t", "payload", "boom", CONSUMER, outcome())
+        client.ack(queue_name, "warm", CONSUMER)
+        client.push(queue_name, "warm", "up")
+        assert admin.exists(keys.result("t"), keys.done("t")) == 2
+        with CommandLog(redis, 0) as sent:
+            assert client.requeue_dead_letters(queue_name, requeue or None) == 1
+            assert names(sent.read()) == ["EVALSHA"]
+        assert admin.exists(keys.result("t"), keys.done("t")) == 0
+        assert client.locate(queue_name, "t") == Located(READY, "payload")
+        client.cancel(queue_name, "warm")
+        client.push(queue_name, "warm", "up")
+
+
+def test_locate_is_one_script_that_looks_in_each_consumer_list(redis, client, queue_name):
+    keys = client.keys(queue_name)
+    for n in range(200):
+        client.push(queue_name, f"t{n}", f"p{n}")
+    consumers = [f"host:{n}:c" for n in range(3)]
+    for consumer_id in consumers:
+        client.reserve(queue_name, consumer_id)
+    client.locate(queue_name, "t0")  # loads the script once
+    with CommandLog(redis, 0) as sent:
+        assert client.locate(queue_name, "t150") == Located(READY, "p150")
+        assert names(sent.read()) == ["EVALSHA"]
+    with CommandLog(redis, 0, scripts=True) as sent:
+        assert client.locate(queue_name, "t150") == Located(READY, "p150")
+        commands = sent.read()
+    # One LPOS per consumer's in-flight list; the ready list is never searched.
+    looked_in = sorted(command.split()[1] for command in commands if command.startswith("LPOS"))
+    assert looked_in == sorted(keys.inflight(consumer_id) for consumer_id in consumers)
+    assert not any(keys.ready in command for command in commands), commands
+    assert client.locate(queue_name, "t1") == Located(INFLIGHT, "p1")
+    # A place wins over a kept outcome: a dead task whose failure was kept is dead.
+    client.add_dead_letter(queue_name, "t2", "p2", "boom", consumers[2], outcome())
+    assert client.locate(queue_name, "t2") == Located(DEAD, "p2")
+    client.purge_dead_letters(queue_name)
+    assert client.locate(queue_name, "t2") == Located(FINISHED, '{"status":1,"value":42}')
+
+
 # Leases, requeues and the lost-reply rescue.
 
 
@@ -634,6 +840,19 @@ def check_bytes_that_are_not_utf8_round_trip(host: str, port: int, queue_name: s
     client.push(queue_name, task_id, data)
     assert server.hgetall(keys.data) == {RAW_ID: RAW_PAYLOAD}
     assert client.cancel(queue_name, task_id) == data
+
+    # Outcomes, and where a task is, keep the same bytes.
+    record = RAW_PAYLOAD.decode("utf-8", "surrogateescape")
+    client.push(queue_name, task_id, data)
+    assert client.locate(queue_name, task_id) == Located(READY, data)
+    client.reserve(queue_name, CONSUMER)
+    assert client.locate(queue_name, task_id) == Located(INFLIGHT, data)
+    client.add_dead_letter(queue_name, task_id, data, "boom", CONSUMER, Outcome(record, 60))
+    assert client.locate(queue_name, task_id) == Located(DEAD, data)
+    assert server.get(keys.result(task_id)) == RAW_PAYLOAD
+    assert client.result(queue_name, task_id) == record
+    client.purge_dead_letters(queue_name)
+    assert client.locate(queue_name, task_id) == Located(FINISHED, record)
     client.close()
     server.close()
 

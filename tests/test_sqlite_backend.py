@@ -1,7 +1,9 @@
 """What the SQLite backend does beyond the Client contract: its DSN, its file, its locking,
-its order, its polling and hot path, and its safety across threads, processes and fork."""
+its order, its polling and hot path, its outcomes, and its safety across threads, processes
+and fork."""
 
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -12,10 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from alligator.backends import Reserved, sqlite_backend
+from alligator.backends import (
+    DEAD,
+    FINISHED,
+    READY,
+    Located,
+    Outcome,
+    Reserved,
+    sqlite_backend,
+)
 from alligator.backends.sqlite_backend import (
     HAS_RETURNING,
     SCHEMA_VERSION,
+    SWEEP_LIMIT,
     Client,
     Settings,
     dsn_settings,
@@ -185,7 +196,14 @@ def test_tables_are_created_on_first_use_with_a_schema_version(db_path, queue_na
     client = Client(dsn_for(db_path))
     assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     names = {name for (name,) in rows(db_path, "SELECT name FROM sqlite_master")}
-    assert {"alligator_tasks", "alligator_tasks_by_state", "alligator_tasks_by_due"} <= names
+    assert {
+        "alligator_tasks",
+        "alligator_tasks_by_state",
+        "alligator_tasks_by_due",
+        "alligator_results",
+        "alligator_results_by_expiry",
+        "alligator_tasks_forget_outcome",
+    } <= names
     client.push(queue_name, "t", "kept")
     client.close()
     # A second client on the same file keeps what is there.
@@ -272,8 +290,8 @@ def test_a_version_1_file_is_upgraded_in_place(db_path, queue_name):
     conn.close()
 
     client = Client(dsn_for(db_path))
-    assert SCHEMA_VERSION == 2
-    assert rows(db_path, "PRAGMA user_version") == [(2,)]
+    assert SCHEMA_VERSION == 3
+    assert rows(db_path, "PRAGMA user_version") == [(3,)]
     columns = {
         name: (kind, notnull, default)
         for _, name, kind, notnull, default, _ in rows(
@@ -301,8 +319,75 @@ def test_a_version_1_file_is_upgraded_in_place(db_path, queue_name):
     client.close()
     # Opened again, it is left as it is.
     again = Client(dsn_for(db_path))
-    assert rows(db_path, "PRAGMA user_version") == [(2,)]
+    assert rows(db_path, "PRAGMA user_version") == [(3,)]
     assert again.len(queue_name) == 0
+    again.close()
+
+
+# The schema of version 2, as Alligator wrote it before it kept outcomes.
+SCHEMA_V2 = (
+    *SCHEMA_V1[:-1],
+    "ALTER TABLE alligator_tasks ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE alligator_tasks ADD COLUMN last_death TEXT",
+    "PRAGMA user_version = 2",
+)
+
+
+def test_a_version_2_file_is_upgraded_in_place(db_path, queue_name):
+    conn = sqlite3.connect(db_path)
+    for statement in SCHEMA_V2:
+        conn.execute(statement)
+    insert = (
+        "INSERT INTO alligator_tasks (queue, task_id, data, state, consumer_id, expires, "
+        "error, failed_at, deaths, last_death) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    conn.execute(
+        insert, (queue_name, "running", "p0", "inflight", CONSUMER, 1e12, None, None, 1, "oom")
+    )
+    conn.execute(insert, (queue_name, "waiting", "p1", "ready", None, None, None, None, 0, None))
+    conn.execute(insert, (queue_name, "dead", "p2", "dead", None, None, "boom", 1.0, 0, None))
+    conn.commit()
+    conn.close()
+    tasks = "SELECT task_id, data, state, deaths, last_death FROM alligator_tasks ORDER BY seq"
+    before = rows(db_path, tasks)
+
+    client = Client(dsn_for(db_path))
+    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    columns = {
+        name: (kind, notnull, pk)
+        for _, name, kind, notnull, _, pk in rows(db_path, "PRAGMA table_info(alligator_results)")
+    }
+    assert columns == {
+        "queue": ("TEXT", 1, 1),
+        "task_id": ("TEXT", 1, 2),
+        "record": ("TEXT", 1, 0),
+        "expires": ("REAL", 0, 0),
+    }
+    assert dict(rows(db_path, "SELECT name, type FROM sqlite_master")) == {
+        "alligator_tasks": "table",
+        "alligator_tasks_by_state": "index",
+        "alligator_tasks_by_due": "index",
+        "alligator_results": "table",
+        "alligator_results_by_expiry": "index",
+        "alligator_tasks_forget_outcome": "trigger",
+        # The automatic indexes of the UNIQUE constraint and of the primary key.
+        "sqlite_autoindex_alligator_tasks_1": "index",
+        "sqlite_autoindex_alligator_results_1": "index",
+    }
+    # Every task is still there, as it was.
+    assert rows(db_path, tasks) == before
+    # The tasks of version 2 end with their outcomes kept, like any other.
+    assert client.locate(queue_name, "waiting") == Located(READY, "p1")
+    assert client.locate(queue_name, "dead") == Located(DEAD, "p2")
+    client.ack(queue_name, "running", CONSUMER, Outcome('{"status":1}', 60))
+    assert client.locate(queue_name, "running") == Located(FINISHED, '{"status":1}')
+    client.push(queue_name, "running", "p3")  # and the trigger forgets it
+    assert client.result(queue_name, "running") is None
+    client.close()
+    # Opened again, it is left as it is.
+    again = Client(dsn_for(db_path))
+    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    assert again.len(queue_name) == 2
     again.close()
 
 
@@ -681,7 +766,220 @@ def test_push_ack_and_a_busy_reserve_are_one_statement_each(
     assert client.reserve(queue_name, CONSUMER).task_id == "second"
     # Without UPDATE … RETURNING the claim is a transaction, but still without a look first.
     claim = ["UPDATE"] if returning else ["BEGIN", "SELECT", "SELECT", "UPDATE", "COMMIT"]
-    assert [statement.split()[0] for statement in statements] == ["INSERT", "DELETE", *claim]
+    assert executed(statements) == ["INSERT", "DELETE", *claim]
+
+
+def executed(statements: list[str]) -> list[str]:
+    """
+    The first word of each statement a client ran, from a trace. SQLite traces the trigger
+    that runs within a push (it forgets the id's old outcome), and each statement of the
+    trigger, under the push's own text: those repeats are not statements the client ran.
+    """
+    return [
+        statement.split()[0]
+        for at, statement in enumerate(statements)
+        if at == 0 or statement != statements[at - 1]
+    ]
+
+
+# Outcomes: kept in the transaction that ends a task, swept lazily, waited for by polling.
+
+
+def test_an_outcome_costs_one_transaction_and_locate_one_read(client, queue_name):
+    client.push(queue_name, "a", "x")
+    client.push(queue_name, "b", "x")
+    client.reserve(queue_name, CONSUMER)
+    client.reserve(queue_name, CONSUMER)
+    statements: list[str] = []
+    with client._connection() as conn:
+        conn.set_trace_callback(statements.append)
+    kept = ["BEGIN", "DELETE", "INSERT", "COMMIT"]  # the sweep's DELETE, then the outcome
+
+    client.ack(queue_name, "a", CONSUMER, Outcome('{"status":1}', 60))
+    assert executed(statements) == ["BEGIN", "DELETE", *kept[1:]]
+    statements.clear()
+    client.ack(queue_name, "b", "not-its-holder", Outcome('{"status":1}', 60))
+    assert executed(statements) == ["BEGIN", "DELETE", "COMMIT"]  # nothing to keep
+    statements.clear()
+    client.add_dead_letter(queue_name, "b", "x", "boom", CONSUMER, Outcome('{"status":2}', 60))
+    assert executed(statements) == ["BEGIN", "UPDATE", *kept[1:]]
+    statements.clear()
+    client.store_result(queue_name, "elsewhere", Outcome('{"status":1}', 60))
+    assert executed(statements) == kept
+    statements.clear()
+    assert client.locate(queue_name, "a") == Located(FINISHED, '{"status":1}')
+    assert client.locate(queue_name, "b") == Located(DEAD, "x")
+    assert client.result(queue_name, "a") == '{"status":1}'
+    assert executed(statements) == ["SELECT", "SELECT", "SELECT"]
+    # A push forgets an old outcome within its one statement, and a requeue within its
+    # transaction.
+    statements.clear()
+    client.push(queue_name, "a", "again")
+    assert client.requeue_dead_letters(queue_name, ["b"]) == 1
+    assert executed(statements) == ["INSERT", "BEGIN", "SELECT", "DELETE", "UPDATE", "COMMIT"]
+    with client._connection() as conn:
+        conn.set_trace_callback(None)
+    assert client.result(queue_name, "a") is None and client.result(queue_name, "b") is None
+
+
+def outcome_rows(path: Path, queue_name: str) -> list[tuple]:
+    return rows(
+        path,
+        "SELECT task_id, record FROM alligator_results WHERE queue = ? ORDER BY task_id",
+        queue_name,
+    )
+
+
+def task_rows(path: Path, queue_name: str) -> list[tuple]:
+    return rows(
+        path,
+        "SELECT task_id, state, consumer_id FROM alligator_tasks WHERE queue = ? ORDER BY seq",
+        queue_name,
+    )
+
+
+ENDS_A_TASK = """
+import os, signal, sys
+from alligator.backends import Outcome
+from alligator.backends.sqlite_backend import Client
+dsn, queue, operation, consumer, kill_at = sys.argv[1:6]
+client = Client(dsn)
+started = []
+
+def trace(statement):
+    # Dies as the kill_at-th statement starts: what ran before it is all that ran.
+    started.append(statement)
+    if len(started) == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with client._connection() as conn:
+    conn.set_trace_callback(trace)
+outcome = Outcome('{"status":1}', 60)
+if operation == "ack":
+    client.ack(queue, "t", consumer, outcome)
+elif operation == "add_dead_letter":
+    client.add_dead_letter(queue, "t", "payload", "boom", consumer, outcome)
+else:
+    client.cancel(queue, "t", outcome)
+"""
+
+
+@pytest.mark.parametrize("operation", ["ack", "add_dead_letter", "cancel"])
+def test_a_task_ends_and_its_outcome_is_kept_together_or_not_at_all(
+    client, db_path, queue_name, operation
+):
+    client.push(queue_name, "t", "payload")
+    if operation != "cancel":
+        client.reserve(queue_name, CONSUMER)
+    before = task_rows(db_path, queue_name)
+    after = [("t", "dead", None)] if operation == "add_dead_letter" else []
+    # BEGIN, (cancel: the look for the task), the task's change, the sweep, the outcome,
+    # COMMIT.
+    statements = 6 if operation == "cancel" else 5
+    # A process that ends the task is killed as its 1st, 2nd, ... statement starts, until
+    # one run is not killed. Read by another program, the file shows either the task as it
+    # was and no outcome, or the task ended and its outcome: never one without the other.
+    for kill_at in range(1, statements + 2):
+        process = run_python(
+            ENDS_A_TASK, dsn_for(db_path), queue_name, operation, CONSUMER, str(kill_at)
+        )
+        if process.wait(timeout=30) == 0:
+            break
+        assert process.returncode == -signal.SIGKILL
+        assert task_rows(db_path, queue_name) == before
+        assert outcome_rows(db_path, queue_name) == []
+    assert (kill_at, process.returncode) == (statements + 1, 0)  # killed at each statement
+    assert task_rows(db_path, queue_name) == after
+    assert outcome_rows(db_path, queue_name) == [("t", '{"status":1}')]
+
+
+def test_each_store_sweeps_a_few_expired_outcomes_by_the_index(client, db_path, queue_name):
+    # A backlog of expired outcomes, as stores that stopped long ago leave, and two alive.
+    conn = sqlite3.connect(db_path)
+    conn.executemany(
+        "INSERT INTO alligator_results (queue, task_id, record, expires) VALUES (?, ?, ?, ?)",
+        [(queue_name, f"old{n:03}", "{}", 1000.0 + n) for n in range(100)]
+        + [(queue_name, "alive", "{}", time.time() + 3600), (queue_name, "forever", "{}", None)],
+    )
+    conn.commit()
+    conn.close()
+    expired = "SELECT task_id FROM alligator_results WHERE expires <= ? ORDER BY expires"
+
+    client.store_result(queue_name, "new0", Outcome("{}", 3600))
+    # The oldest SWEEP_LIMIT went, no more: a store's cost does not grow with the backlog.
+    assert [name for (name,) in rows(db_path, expired, time.time())] == [
+        f"old{n:03}" for n in range(SWEEP_LIMIT, 100)
+    ]
+    for n in range(1, 100 // SWEEP_LIMIT + 1):
+        client.store_result(queue_name, f"new{n}", Outcome("{}", 3600))
+    assert rows(db_path, expired, time.time()) == []
+    assert client.result(queue_name, "alive") == "{}"
+    assert client.result(queue_name, "forever") == "{}"
+    assert len(outcome_rows(db_path, queue_name)) == 2 + 100 // SWEEP_LIMIT + 1
+
+    # A stream of outcomes that expire at once never piles up, acked or stored.
+    for n in range(50):
+        client.push(queue_name, f"short{n}", "x")
+        client.reserve(queue_name, CONSUMER)
+        client.ack(queue_name, f"short{n}", CONSUMER, Outcome("{}", 0))
+        client.store_result(queue_name, f"stored{n}", Outcome("{}", 0))
+        assert len(rows(db_path, expired, time.time())) <= 2
+
+    # The sweep finds expired rows through the expiry index, in its order: no scan, no sort.
+    plan = [
+        detail for *_, detail in rows(db_path, f"EXPLAIN QUERY PLAN {sqlite_backend._SWEEP}", 0.0)
+    ]
+    assert any("USING COVERING INDEX alligator_results_by_expiry" in step for step in plan)
+    assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), plan
+
+
+def test_a_waiting_result_looks_again_at_growing_intervals(client, queue_name):
+    looks: list[float] = []
+    with client._connection() as conn:
+        conn.set_trace_callback(lambda statement: looks.append(time.monotonic()))
+    assert client.result(queue_name, "t", timeout=0.6) is None
+    # A few milliseconds apart at first (5, 10, 20 ms), doubling up to 0.1 s: a dozen
+    # looks in 0.6 s, not a busy loop.
+    assert gaps(looks)[0] < 0.05 and sum(gaps(looks)[:3]) < 0.1
+    assert max(gaps(looks)) < 0.18
+    assert 6 <= len(looks) <= 15
+
+    # With no timeout, it waits until the outcome is there, as long as that takes.
+    looks.clear()
+    threading.Timer(0.5, client.store_result, (queue_name, "t", Outcome("{}", 60))).start()
+    assert client.result(queue_name, "t", timeout=None) == "{}"
+    with client._connection() as conn:
+        conn.set_trace_callback(None)
+    assert 6 <= len(looks) <= 20  # its looks, and the four statements of the store
+
+
+def test_outcomes_of_ids_that_are_not_utf8(client, db_path, queue_name):
+    raw_id = RAW_TASKS[0][0]
+    task_id = as_text(raw_id)
+    client.push(queue_name, task_id, "payload")
+    client.reserve(queue_name, CONSUMER)
+    client.ack(queue_name, task_id, CONSUMER, Outcome('{"status":1}', 60))
+    assert client.result(queue_name, task_id) == '{"status":1}'
+    assert client.locate(queue_name, task_id) == Located(FINISHED, '{"status":1}')
+    stored = "SELECT CAST(task_id AS BLOB), typeof(task_id) FROM alligator_results"
+    assert rows(db_path, stored) == [(raw_id, "text")]
+    client.push(queue_name, task_id, "again")  # the trigger matches the same bytes
+    assert client.result(queue_name, task_id) is None
+    assert client.locate(queue_name, task_id) == Located(READY, "again")
+
+    # A dead letter another program stored under a BLOB id forgets its outcome too.
+    blob_id = RAW_TASKS[1][0]
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO alligator_tasks (queue, task_id, data, state, error, failed_at) "
+        "VALUES (?, ?, 'x', 'dead', 'boom', 1.0)",
+        (queue_name, blob_id),
+    )
+    conn.commit()
+    conn.close()
+    client.store_result(queue_name, as_text(blob_id), Outcome('{"status":2}', 60))
+    assert client.requeue_dead_letters(queue_name) == 1
+    assert client.result(queue_name, as_text(blob_id)) is None
 
 
 # Concurrency: threads sharing a client, processes sharing a file, fork.

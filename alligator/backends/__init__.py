@@ -34,6 +34,16 @@ belongs to one payload of one task: ``ack``, ``cancel``, ``drop_all`` and
 backend whose server returns a dead consumer's tasks by itself (beanstalkd) counts
 nothing: its tasks always come with 0 deaths, and ``abandoned`` asks the server instead.
 
+A backend that keeps results (``keeps_results``) keeps, per queue and task id, the record
+of how a task ended (an ``Outcome``: JSON the Gator writes and reads back) for its ``ttl``:
+``ack``, ``add_dead_letter`` and ``cancel`` store the outcome they are given in the same
+atomic step that ends the task, so that no crash can leave a task gone and its outcome
+untold; ``store_result`` stores one on its own (for a Gator whose queue lives elsewhere,
+e.g. on beanstalkd, which keeps none). ``result`` reads it back, waiting for it up to a
+timeout (blocking on the server where it can); ``locate`` says where a task is: ready,
+delayed, in flight, dead, or finished with a kept outcome. A ``push`` of an id, and a
+``requeue_dead_letters`` that brings one back, forget its old outcome.
+
 Task ids are unique within a queue: pushing an id that is waiting, in flight or dead in
 that queue raises ``DuplicateTaskError`` (a backend that assigns its own ids never does).
 Only the consumer holding a task settles it: ``ack``, ``retry`` and ``add_dead_letter``
@@ -74,6 +84,39 @@ BACKENDS = {
 
 #: The reason ``requeue_expired`` gives for each death it counts.
 EXPIRED_LEASE_DEATH = "its worker stopped renewing its lease (it died, or hung)"
+
+#: Where ``locate`` finds a task.
+READY, DELAYED, INFLIGHT, DEAD, FINISHED = "ready", "delayed", "inflight", "dead", "finished"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """
+    How a task ended, for a backend to keep with that end: ``record``, the JSON the Gator
+    reads back (status, value or error, time), for ``ttl`` seconds (``None``: for ever).
+
+    Ex::
+
+        Outcome('{"status":1,"value":42,"finished_at":1767225600.0}', ttl=86400)
+    """
+
+    record: str
+    ttl: float | None
+
+
+@dataclass(frozen=True)
+class Located:
+    """
+    Where a task is (``READY``, ``DELAYED``, ``INFLIGHT``, ``DEAD`` or ``FINISHED``), and
+    its payload, or its outcome's record when it finished.
+
+    Ex::
+
+        Located('inflight', '{"task_id":"a1",…}')
+    """
+
+    place: str
+    data: str
 
 
 @dataclass(frozen=True)
@@ -126,6 +169,9 @@ class Client:
     #: True when the server itself returns a consumer's in-flight tasks once its connection
     #: closes (beanstalkd): another client then cannot settle them for a dead consumer.
     server_requeues_dead_consumers: bool = False
+    #: False for a backend that keeps no outcomes (beanstalkd): its ``outcome`` arguments
+    #: must be ``None``, and ``store_result``/``result`` are not there to call.
+    keeps_results: bool = True
 
     def __init__(self, conn_string: str) -> None:
         self.conn_string = conn_string
@@ -171,14 +217,17 @@ class Client:
         """
         raise NotImplementedError
 
-    def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
+    def ack(
+        self, queue_name: str, task_id: str, consumer_id: str, outcome: Outcome | None = None
+    ) -> None:
         """
         Removes a finished task from ``consumer_id``'s in-flight set, for good, with its
-        count of deaths. Does nothing if ``consumer_id`` does not hold it.
+        count of deaths, and keeps its ``outcome`` (if given) in the same step. Does nothing
+        if ``consumer_id`` does not hold it.
 
         Ex::
 
-            client.ack('emails', reserved.task_id, 'host:4242:a1b2')
+            client.ack('emails', reserved.task_id, 'host:4242:a1b2', Outcome(record, 86400))
         """
         raise NotImplementedError
 
@@ -262,15 +311,17 @@ class Client:
         """
         raise NotImplementedError
 
-    def cancel(self, queue_name: str, task_id: str) -> str | None:
+    def cancel(self, queue_name: str, task_id: str, outcome: Outcome | None = None) -> str | None:
         """
-        Removes a ready or delayed task before it runs, with its count of deaths.
+        Removes a ready or delayed task before it runs, with its count of deaths, and keeps
+        its ``outcome`` (if given) in the same step.
 
         Ex::
 
-            data = client.cancel('emails', 'a-task-id')
+            data = client.cancel('emails', 'a-task-id', Outcome(record, 86400))
 
-        :returns: Its payload, or ``None`` when no such task waits in the queue
+        :returns: Its payload, or ``None`` when no such task waits in the queue (and then
+            nothing is kept)
         """
         raise NotImplementedError
 
@@ -302,12 +353,15 @@ class Client:
         data: str,
         error: str,
         consumer_id: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         """
-        Stores a failed task in the queue's dead-letter store with its error text.
+        Stores a failed task in the queue's dead-letter store with its error text, and keeps
+        its ``outcome`` (if given).
 
         With ``consumer_id``, the task leaves that consumer's in-flight set, and its count of
-        deaths goes, in the same step; nothing happens if that consumer does not hold it.
+        deaths goes, in the same step; nothing happens (and nothing is kept) if that consumer
+        does not hold it.
 
         Ex::
 
@@ -348,6 +402,44 @@ class Client:
             client.purge_dead_letters('emails')
 
         :returns: How many were deleted
+        """
+        raise NotImplementedError
+
+    def store_result(self, queue_name: str, task_id: str, outcome: Outcome) -> None:
+        """
+        Keeps a task's outcome on its own, for a task whose queue lives in another backend;
+        wakes whoever waits for it in ``result``.
+
+        Ex::
+
+            results.store_result('emails', '1042', Outcome(record, 86400))
+        """
+        raise NotImplementedError
+
+    def result(self, queue_name: str, task_id: str, timeout: float | None = 0.0) -> str | None:
+        """
+        The record of a task's kept outcome, waiting up to ``timeout`` seconds for it
+        (``None``: for ever; ``0``: not at all), on the server where it can.
+
+        Ex::
+
+            record = client.result('emails', 'a-task-id', timeout=5.0)
+
+        :returns: The record, or ``None`` when none is kept (not yet, no more, or never)
+        """
+        raise NotImplementedError
+
+    def locate(self, queue_name: str, task_id: str) -> Located | None:
+        """
+        Where a task is, in one atomic look: ``READY``, ``DELAYED``, ``INFLIGHT`` or
+        ``DEAD`` (with its payload), or ``FINISHED`` (with its outcome's record).
+
+        Ex::
+
+            found = client.locate('emails', 'a-task-id')  # Located('inflight', '{…}')
+
+        :returns: A ``Located``, or ``None`` for a task the backend does not know (never
+            pushed, gone with no outcome kept, or whose outcome expired)
         """
         raise NotImplementedError
 

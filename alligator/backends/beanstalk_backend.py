@@ -58,9 +58,13 @@ from contextlib import contextmanager
 import greenstalk
 
 from ..exceptions import BackendError, InvalidDSNError, InvalidQueueError
-from . import Client as BaseClient
 from . import (
+    DELAYED,
+    INFLIGHT,
+    READY,
     DeadLetter,
+    Located,
+    Outcome,
     Reserved,
     dsn_options,
     redact_dsn,
@@ -68,6 +72,7 @@ from . import (
     split_dsn,
     storable_text,
 )
+from . import Client as BaseClient
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,7 @@ class Client(BaseClient):
     """
 
     server_requeues_dead_consumers = True
+    keeps_results = False
 
     def __init__(self, conn_string: str) -> None:
         super().__init__(conn_string)
@@ -384,7 +390,9 @@ class Client(BaseClient):
                 # beanstalkd answers at once here: pause instead of asking again in a loop.
                 time.sleep(min(remaining, RESERVE_SLICE))
 
-    def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
+    def ack(
+        self, queue_name: str, task_id: str, consumer_id: str, outcome: Outcome | None = None
+    ) -> None:
         """
         Deletes a finished task's job, if ``consumer_id`` reserved it through this client;
         otherwise does nothing. One round trip.
@@ -394,6 +402,7 @@ class Client(BaseClient):
             client.ack('emails', reserved.task_id, 'host:4242:a1b2')
         """
         self._tube(queue_name)
+        _keep_nothing(outcome)
         job_id = _job_id(task_id)
         if job_id is None or not self._let_go(job_id, queue_name, consumer_id):
             return
@@ -521,6 +530,31 @@ class Client(BaseClient):
                 return None
         return max(0, stats["reserves"] - stats["releases"] - 1)
 
+    def locate(self, queue_name: str, task_id: str) -> Located | None:
+        """
+        Where a job of the tube is (``stats-job``): ready, delayed or reserved (in flight),
+        with its body. A finished or dead task is not found here: beanstalkd keeps no
+        outcomes, and a dead letter is a record of its own in ``<queue>.dead``.
+
+        Ex::
+
+            client.locate('emails', '1042')  # Located('ready', '{…}')
+        """
+        tube = self._tube(queue_name)
+        job_id = _job_id(task_id)
+        if job_id is None:
+            return None
+        places = {"ready": READY, "delayed": DELAYED, "reserved": INFLIGHT}
+        with self._session() as conn:
+            try:
+                stats = conn.stats_job(job_id)
+                if stats["tube"] != tube or stats["state"] not in places:
+                    return None
+                body = conn.peek(job_id).body
+            except greenstalk.NotFoundError:
+                return None  # Deleted in the meantime.
+        return Located(places[stats["state"]], _text(body))
+
     def get(self, queue_name: str, task_id: str, consumer_id: str) -> Reserved | None:
         """
         Reserves one ready or delayed job of the tube by its id (``reserve-job``).
@@ -543,7 +577,7 @@ class Client(BaseClient):
             self._hold(job.id, queue_name, consumer_id)
         return Reserved(str(job.id), _text(job.body))
 
-    def cancel(self, queue_name: str, task_id: str) -> str | None:
+    def cancel(self, queue_name: str, task_id: str, outcome: Outcome | None = None) -> str | None:
         """
         Deletes one ready or delayed job of the tube by its id.
 
@@ -552,6 +586,7 @@ class Client(BaseClient):
             data = client.cancel('emails', '1042')
         """
         tube = self._tube(queue_name)
+        _keep_nothing(outcome)
         job_id = _job_id(task_id)
         if job_id is None:
             return None
@@ -611,6 +646,7 @@ class Client(BaseClient):
         data: str,
         error: str,
         consumer_id: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         """
         Buries a record of the failure in the tube ``<queue>.dead``. With ``consumer_id``,
@@ -623,6 +659,7 @@ class Client(BaseClient):
 
             client.add_dead_letter('emails', task_id, data, 'ValueError: bad address', cid)
         """
+        _keep_nothing(outcome)
         dead_tube = self._tube(queue_name) + DEAD_SUFFIX
         job_id = None
         if consumer_id is not None:
@@ -772,6 +809,13 @@ class Client(BaseClient):
         """Closes the connection; beanstalkd makes the jobs it held ready again."""
         with self._lock:
             self._discard()
+
+
+def _keep_nothing(outcome: Outcome | None) -> None:
+    if outcome is not None:
+        raise NotImplementedError(
+            "beanstalkd keeps no outcomes; give the Gator a result_backend to keep them."
+        )
 
 
 def _dead_record(task_id: str, data: str, error: str, max_size: int) -> bytes:

@@ -23,7 +23,20 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..exceptions import DuplicateTaskError
-from . import EXPIRED_LEASE_DEATH, DeadLetter, Reserved, dsn_options, storable_text
+from . import (
+    DEAD,
+    DELAYED,
+    EXPIRED_LEASE_DEATH,
+    FINISHED,
+    INFLIGHT,
+    READY,
+    DeadLetter,
+    Located,
+    Outcome,
+    Reserved,
+    dsn_options,
+    storable_text,
+)
 from . import Client as BaseClient
 
 
@@ -35,6 +48,7 @@ class _Queue:
     inflight: dict = field(default_factory=dict)  # task_id -> (consumer_id, data)
     dead: OrderedDict = field(default_factory=OrderedDict)  # task_id -> DeadLetter
     deaths: dict = field(default_factory=dict)  # task_id -> (deaths, last death); none: 0
+    results: dict = field(default_factory=dict)  # task_id -> (record, monotonic expiry|None)
 
 
 class _Store:
@@ -82,9 +96,24 @@ class Client(BaseClient):
                 raise DuplicateTaskError(
                     f"Task {task_id!r} is in the dead-letter store of queue {queue_name!r}."
                 )
+            queue.results.pop(task_id, None)
             self._add(queue, task_id, data, delay_until)
             store.changed.notify_all()
         return task_id
+
+    def _keep(self, queue: _Queue, task_id: str, outcome: Outcome | None) -> None:
+        if outcome is not None:
+            expires = None if outcome.ttl is None else time.monotonic() + outcome.ttl
+            queue.results[task_id] = (outcome.record, expires)
+            self._store.changed.notify_all()
+
+    @staticmethod
+    def _kept(queue: _Queue, task_id: str) -> str | None:
+        record, expires = queue.results.get(task_id, (None, None))
+        if expires is not None and expires <= time.monotonic():
+            del queue.results[task_id]
+            return None
+        return record
 
     def _add(self, queue: _Queue, task_id: str, data: str, delay_until: float | None) -> None:
         if delay_until is not None and delay_until > time.time():
@@ -136,11 +165,12 @@ class Client(BaseClient):
         del queue.inflight[task_id]
         return True
 
-    def ack(self, queue_name, task_id, consumer_id):
+    def ack(self, queue_name, task_id, consumer_id, outcome=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
             if self._release(queue, task_id, consumer_id):
                 queue.deaths.pop(task_id, None)
+                self._keep(queue, task_id, outcome)
 
     def retry(self, queue_name, task_id, consumer_id, data, delay_until=None):
         with self._store.changed:
@@ -195,12 +225,13 @@ class Client(BaseClient):
             data = self._remove_waiting(queue, task_id)
             return None if data is None else self._take(queue, task_id, data, consumer_id)
 
-    def cancel(self, queue_name, task_id):
+    def cancel(self, queue_name, task_id, outcome=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
             data = self._remove_waiting(queue, task_id)
             if data is not None:
                 queue.deaths.pop(task_id, None)
+                self._keep(queue, task_id, outcome)
             return data
 
     def len(self, queue_name):
@@ -217,14 +248,15 @@ class Client(BaseClient):
             queue.delayed.clear()
             queue.delayed_data.clear()
 
-    def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
+    def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None, outcome=None):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            if consumer_id is None:
-                queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
-            elif self._release(queue, task_id, consumer_id):
+            if consumer_id is not None:
+                if not self._release(queue, task_id, consumer_id):
+                    return
                 queue.deaths.pop(task_id, None)
-                queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
+            queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
+            self._keep(queue, task_id, outcome)
 
     def list_dead_letters(self, queue_name):
         with self._store.changed:
@@ -239,6 +271,7 @@ class Client(BaseClient):
             for task_id in chosen:
                 queue.ready[task_id] = queue.dead.pop(task_id).data
                 queue.deaths.pop(task_id, None)
+                queue.results.pop(task_id, None)
             if chosen:
                 self._store.changed.notify_all()
             return len(chosen)
@@ -249,3 +282,35 @@ class Client(BaseClient):
             count = len(queue.dead)
             queue.dead.clear()
             return count
+
+    def store_result(self, queue_name, task_id, outcome):
+        with self._store.changed:
+            self._keep(self._store.queue(queue_name), task_id, outcome)
+
+    def result(self, queue_name, task_id, timeout=0.0):
+        store = self._store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with store.changed:
+            queue = store.queue(queue_name)
+            while True:
+                record = self._kept(queue, task_id)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if record is not None or (remaining is not None and remaining <= 0):
+                    return record
+                store.changed.wait(remaining)
+
+    def locate(self, queue_name, task_id):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            for place, held in (
+                (READY, queue.ready),
+                (DELAYED, queue.delayed_data),
+            ):
+                if task_id in held:
+                    return Located(place, held[task_id])
+            if task_id in queue.inflight:
+                return Located(INFLIGHT, queue.inflight[task_id][1])
+            if task_id in queue.dead:
+                return Located(DEAD, queue.dead[task_id].data)
+            record = self._kept(queue, task_id)
+            return None if record is None else Located(FINISHED, record)

@@ -52,6 +52,19 @@ Delivery semantics:
   HGET in the script and no byte more in the reply. ``ack``, ``retry``, ``cancel``, ``drop_all``,
   ``add_dead_letter`` (with a consumer id) and ``requeue_dead_letters`` delete the task's
   field in the script that moves or removes the task, so a new push of an id starts at 0.
+- **Outcomes.** ``ack``, ``add_dead_letter`` and ``cancel`` given an ``Outcome`` keep its
+  record in the script that ends the task (and only when it does end it), so no crash can
+  leave a task gone and its outcome untold; without one they run exactly what they ran
+  before. The record lives in a string key with its ttl as a PX, so Redis itself expires
+  it; ``store_result`` keeps one on its own, in one script. Each keep also pushes a token on
+  the task's done list (which expires a minute later): ``result`` waits on the server with
+  BLPOP on that list, in slices as short as an idle reserve's, reading the record in the
+  same round trip; a waiter that finds the record puts the token back for the next one, so
+  every waiter wakes. ``locate`` is one script: a payload in ``data`` is delayed (in the
+  sorted set), in flight (found with LPOS in the in-flight list of one of the ``consumers``,
+  never by scanning the ready list) or else ready; then the dead hash; then the kept
+  outcome. A place wins over a kept outcome. ``push`` and ``requeue_dead_letters`` delete
+  an id's old outcome and done list in their scripts.
 
 Key layout, for queue ``q`` (every key starts with ``prefix:{q}:`` — one Redis Cluster hash
 tag per queue, so each script touches a single slot)::
@@ -66,6 +79,10 @@ tag per queue, so each script touches a single slot)::
                                              the latest for that reason (no field: none)
     prefix:{q}:dead              hash        id -> JSON record: payload, error, failed_at
     prefix:{q}:dead:order        list        dead-letter ids, oldest first
+    prefix:{q}:result:<id>       string      the record of task <id>'s kept outcome,
+                                             expiring after its ttl (none: kept for ever)
+    prefix:{q}:done:<id>         list        wake-up tokens for ``result`` waiters of <id>;
+                                             expires a minute after its last token
 
 Connection and timeout errors raise ``BackendError`` with the redis-py error as its cause.
 A client is safe to share between threads.
@@ -78,6 +95,7 @@ changed, and no call fails because of them. This works with and without hiredis.
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +110,8 @@ from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from . import (
     EXPIRED_LEASE_DEATH,
     DeadLetter,
+    Located,
+    Outcome,
     Reserved,
     dsn_options,
     redact_dsn,
@@ -129,6 +149,8 @@ SWEEP_BATCH = 200
 MAX_LEASE = 2.0**31
 #: Database numbers have at most this many digits.
 MAX_DB_DIGITS = 10
+#: Milliseconds a task's done list (the wake-up tokens of ``result``) outlives its last token.
+DONE_MS = 60_000
 
 # Shared by the scripts: the server's clock, in epoch seconds.
 _NOW = """
@@ -159,6 +181,25 @@ local function count_death(deaths, id, reason)
 end
 """
 
+# Keeps a task's outcome: its record, for ttl_ms ('' for ever), and a token on its done list
+# that wakes one waiting ``result`` (which passes it on to the next). The list expires soon,
+# so no key outlives its use for long.
+_KEEP = (
+    """
+local function keep(result, done, record, ttl_ms)
+  if ttl_ms == '' then
+    redis.call('SET', result, record)
+  else
+    redis.call('SET', result, record, 'PX', ttl_ms)
+  end
+  redis.call('LPUSH', done, '1')
+  redis.call('PEXPIRE', done, """
+    + str(DONE_MS)
+    + """)
+end
+"""
+)
+
 # Stores a payload and puts its id in the queue, or holds it until it is due.
 _ENQUEUE = (
     _NOW
@@ -174,14 +215,16 @@ end
 """
 )
 
-# KEYS: ready, delayed, data, dead. ARGV: id, payload, due ('' for none).
+# KEYS: ready, delayed, data, dead, result, done. ARGV: id, payload, due ('' for none).
 # Returns 1, or 0 when the id is waiting or in flight (its payload is stored), -1 when dead.
+# A new task under an id forgets the outcome (and the wake-ups) of the last one.
 _PUSH = (
     _ENQUEUE
     + """
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return -1 end
 enqueue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+redis.call('DEL', KEYS[5], KEYS[6])
 return 1
 """
 )
@@ -230,15 +273,20 @@ return {id, data, redis.call('HGET', KEYS[5], id)}
 """
 )
 
-# KEYS: inflight, data, deaths. ARGV: id.
-_ACK = """
+# KEYS: inflight, data, deaths, then result and done with an outcome. ARGV: id, then the
+# outcome's record and ttl ms ('' for none). Without an outcome it runs what it always did.
+_ACK = (
+    _KEEP
+    + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
+  if KEYS[4] then keep(KEYS[4], KEYS[5], ARGV[2], ARGV[3]) end
   return 1
 end
 return 0
 """
+)
 
 # KEYS: inflight, data, ready, delayed, deaths. ARGV: id, payload, due ('' for none).
 _RETRY = (
@@ -326,16 +374,22 @@ return {data, redis.call('HGET', KEYS[7], ARGV[1])}
 """
 )
 
-# KEYS: ready, delayed, data, deaths. ARGV: id.
-_CANCEL = """
+# KEYS: ready, delayed, data, deaths, then result and done with an outcome. ARGV: id, then
+# the outcome's record and ttl ms ('' for none). The outcome is kept only for a task that
+# was waiting, with a payload.
+_CANCEL = (
+    _KEEP
+    + """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return nil
 end
 local data = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
+if data and KEYS[5] then keep(KEYS[5], KEYS[6], ARGV[2], ARGV[3]) end
 return data
 """
+)
 
 # KEYS: ready, delayed, data, deaths. In slices: Lua's unpack() has a small argument limit.
 _DROP_ALL = """
@@ -354,9 +408,12 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
 
-# KEYS: inflight, data, dead order, dead, deaths. ARGV: id, record, '1' when a consumer
-# holds it.
-_ADD_DEAD_LETTER = """
+# KEYS: inflight, data, dead order, dead, deaths, then result and done with an outcome.
+# ARGV: id, record, '1' when a consumer holds it, then the outcome's record and ttl ms ('' for
+# none).
+_ADD_DEAD_LETTER = (
+    _KEEP
+    + """
 if ARGV[3] == '1' then
   -- Not held by this consumer (its lease ran out and the task went back): leave it be.
   if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
@@ -366,17 +423,21 @@ end
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+if KEYS[6] then keep(KEYS[6], KEYS[7], ARGV[4], ARGV[5]) end
 return 1
 """
+)
 
-# KEYS: ready, data, dead order, dead, deaths. ARGV: '1' for all, or '0' then the ids.
+# KEYS: ready, data, dead order, dead, deaths. ARGV: '1' for all, or '0'; the queue's key
+# base ('prefix:{q}:'); then the ids. A requeued id forgets its outcome: its result and done
+# keys are named here, from the ids the script reads, and share the queue's hash tag (slot).
 _REQUEUE_DEAD_LETTERS = """
 local ids
 if ARGV[1] == '1' then
   ids = redis.call('LRANGE', KEYS[3], 0, -1)
 else
   ids = {}
-  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 local n = 0
 for _, id in ipairs(ids) do
@@ -387,6 +448,7 @@ for _, id in ipairs(ids) do
     redis.call('RPUSH', KEYS[1], id)
     redis.call('HDEL', KEYS[4], id)
     redis.call('HDEL', KEYS[5], id)
+    redis.call('DEL', ARGV[2] .. 'result:' .. id, ARGV[2] .. 'done:' .. id)
     if ARGV[1] ~= '1' then redis.call('LREM', KEYS[3], 1, id) end
     n = n + 1
   end
@@ -400,6 +462,56 @@ _PURGE_DEAD_LETTERS = """
 local n = redis.call('HLEN', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 return n
+"""
+
+# KEYS: result, done. ARGV: record, ttl ms ('' for none).
+_STORE_RESULT = (
+    _KEEP
+    + """
+keep(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+# Runs right after a BLPOP on the done list, in the same pipeline: reads the record and, when
+# there is one, puts a token back, since a BLPOP wakes one waiter only: the next waiter wakes
+# at once, and so on. A token popped while no record is kept (e.g. it expired) is not put
+# back, so a stray token costs a waiter one wake-up, never a loop.
+# KEYS: result, done.
+_AFTER_WAKE = (
+    """
+local record = redis.call('GET', KEYS[1])
+if record then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], """
+    + str(DONE_MS)
+    + """)
+end
+return record
+"""
+)
+
+# KEYS: delayed, data, consumers, dead, result. ARGV: id, the queue's key base
+# ('prefix:{q}:'). Returns {place, payload or record}, or nil. A task with a payload is in
+# flight when some consumer's in-flight list holds it (the consumers set names those lists,
+# built here under the queue's hash tag), delayed when the sorted set holds it, else ready.
+_LOCATE = """
+local id = ARGV[1]
+local data = redis.call('HGET', KEYS[2], id)
+if data then
+  if redis.call('ZSCORE', KEYS[1], id) then return {'delayed', data} end
+  for _, consumer in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    if redis.call('LPOS', ARGV[2] .. 'inflight:' .. consumer, id) then
+      return {'inflight', data}
+    end
+  end
+  return {'ready', data}
+end
+local dead = redis.call('HGET', KEYS[4], id)
+if dead then return {'dead', cjson.decode(dead)['data']} end
+local record = redis.call('GET', KEYS[5])
+if record then return {'finished', record} end
+return nil
 """
 
 
@@ -423,6 +535,12 @@ class _Keys:
     def lease(self, consumer_id: str) -> str:
         return f"{self.base}lease:{consumer_id}"
 
+    def result(self, task_id: str) -> str | bytes:
+        return _wire(f"{self.base}result:{task_id}")
+
+    def done(self, task_id: str) -> str | bytes:
+        return _wire(f"{self.base}done:{task_id}")
+
 
 def _deaths(value: str | None) -> tuple[int, str]:
     """Reads a field of the deaths hash, ``"N:reason"``: ``(0, "")`` for none (or for a
@@ -440,6 +558,19 @@ def _reply(values: list, length: int) -> tuple:
     """A script's list reply, padded with ``None`` to ``length``: Redis drops the nils at
     the end of a list a script returns (e.g. the deaths of a task that never died)."""
     return (*values, *[None] * (length - len(values)))
+
+
+def _ttl_ms(ttl: float | None) -> str:
+    """An outcome's ttl as the milliseconds of a PX, ``''`` for none: rounded up, so that a
+    tiny positive ttl still expires (PX 0 is an error), and kept within what PX takes."""
+    if ttl is None:
+        return ""
+    return str(max(1, math.ceil(min(ttl, MAX_LEASE) * 1000)))
+
+
+def _outcome_args(outcome: Outcome) -> list[str | bytes]:
+    """An outcome as the scripts take it: its record, and its ttl in ms (``''``: none)."""
+    return [_wire(outcome.record), _ttl_ms(outcome.ttl)]
 
 
 def _wire(text: str) -> str | bytes:
@@ -569,6 +700,9 @@ class Client(BaseClient):
         self._add_dead_letter = register(_ADD_DEAD_LETTER)
         self._requeue_dead_letters = register(_REQUEUE_DEAD_LETTERS)
         self._purge_dead_letters = register(_PURGE_DEAD_LETTERS)
+        self._store_result = register(_STORE_RESULT)
+        self._after_wake = register(_AFTER_WAKE)
+        self._locate = register(_LOCATE)
         # What this client handed out and not yet settled, per (queue, consumer); and the
         # pairs whose last reply was lost, so Redis may hold tasks the caller never saw.
         self._lock = threading.Lock()
@@ -623,7 +757,14 @@ class Client(BaseClient):
     def push(self, queue_name, task_id, data, delay_until=None):
         keys = self.keys(queue_name)
         due = "" if delay_until is None else repr(float(delay_until))
-        push_keys = [keys.ready, keys.delayed, keys.data, keys.dead]
+        push_keys = [
+            keys.ready,
+            keys.delayed,
+            keys.data,
+            keys.dead,
+            keys.result(task_id),
+            keys.done(task_id),
+        ]
         stored = self._call(
             f"store task {task_id} in queue {queue_name!r}",
             lambda: self._push(keys=push_keys, args=[_wire(task_id), _wire(data), due]),
@@ -726,15 +867,18 @@ class Client(BaseClient):
                 owner[0],
             )
 
-    def ack(self, queue_name, task_id, consumer_id):
+    def ack(self, queue_name, task_id, consumer_id, outcome=None):
         keys = self.keys(queue_name)
         owner = (queue_name, consumer_id)
+        ack_keys = [keys.inflight(consumer_id), keys.data, keys.deaths]
+        ack_args = [_wire(task_id)]
+        if outcome is not None:
+            ack_keys += [keys.result(task_id), keys.done(task_id)]
+            ack_args += _outcome_args(outcome)
         self._settle(owner, task_id)
         self._call(
             f"ack task {task_id} of queue {queue_name!r}",
-            lambda: self._ack(
-                keys=[keys.inflight(consumer_id), keys.data, keys.deaths], args=[_wire(task_id)]
-            ),
+            lambda: self._ack(keys=ack_keys, args=ack_args),
             owner,
         )
 
@@ -820,13 +964,16 @@ class Client(BaseClient):
         )
         return None if found is None else self._hand_out(owner, task_id, *_reply(found, 2))
 
-    def cancel(self, queue_name, task_id):
+    def cancel(self, queue_name, task_id, outcome=None):
         keys = self.keys(queue_name)
+        cancel_keys = [keys.ready, keys.delayed, keys.data, keys.deaths]
+        cancel_args = [_wire(task_id)]
+        if outcome is not None:
+            cancel_keys += [keys.result(task_id), keys.done(task_id)]
+            cancel_args += _outcome_args(outcome)
         return self._call(
             f"cancel task {task_id} of queue {queue_name!r}",
-            lambda: self._cancel(
-                keys=[keys.ready, keys.delayed, keys.data, keys.deaths], args=[_wire(task_id)]
-            ),
+            lambda: self._cancel(keys=cancel_keys, args=cancel_args),
         )
 
     def len(self, queue_name):
@@ -847,7 +994,7 @@ class Client(BaseClient):
             lambda: self._drop_all(keys=[keys.ready, keys.delayed, keys.data, keys.deaths]),
         )
 
-    def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None):
+    def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None, outcome=None):
         keys = self.keys(queue_name)
         # Not ensure_ascii: the scripts' cjson cannot decode an escaped lone surrogate, so the
         # bytes that surrogate escapes stand for go in as they are.
@@ -865,12 +1012,13 @@ class Client(BaseClient):
             keys.dead,
             keys.deaths,
         ]
-        held = "0" if consumer_id is None else "1"
+        dead_args = [_wire(task_id), _wire(record), "0" if consumer_id is None else "1"]
+        if outcome is not None:
+            dead_keys += [keys.result(task_id), keys.done(task_id)]
+            dead_args += _outcome_args(outcome)
         self._call(
             f"store dead letter {task_id} of queue {queue_name!r}",
-            lambda: self._add_dead_letter(
-                keys=dead_keys, args=[_wire(task_id), _wire(record), held]
-            ),
+            lambda: self._add_dead_letter(keys=dead_keys, args=dead_args),
             owner,
         )
 
@@ -895,7 +1043,8 @@ class Client(BaseClient):
 
     def requeue_dead_letters(self, queue_name, task_ids=None):
         keys = self.keys(queue_name)
-        args = ["1"] if task_ids is None else ["0", *map(_wire, task_ids)]
+        base = _wire(keys.base)
+        args = ["1", base] if task_ids is None else ["0", base, *map(_wire, task_ids)]
         dead_keys = [keys.ready, keys.data, keys.dead_order, keys.dead, keys.deaths]
         return self._call(
             f"requeue the dead letters of queue {queue_name!r}",
@@ -908,6 +1057,66 @@ class Client(BaseClient):
             f"purge the dead letters of queue {queue_name!r}",
             lambda: self._purge_dead_letters(keys=[keys.dead_order, keys.dead]),
         )
+
+    def store_result(self, queue_name, task_id, outcome):
+        keys = self.keys(queue_name)
+        self._call(
+            f"store the outcome of task {task_id} of queue {queue_name!r}",
+            lambda: self._store_result(
+                keys=[keys.result(task_id), keys.done(task_id)], args=_outcome_args(outcome)
+            ),
+        )
+
+    def result(self, queue_name, task_id, timeout=0.0):
+        keys = self.keys(queue_name)
+        result_key, done_key = keys.result(task_id), keys.done(task_id)
+        what = f"read the outcome of task {task_id} of queue {queue_name!r}"
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        record = self._call(what, lambda: self._redis.get(result_key))
+        while record is None:
+            wait = self._block_cap
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wait = max(min(wait, remaining), MIN_BLOCK)
+            record = self._call(
+                what, lambda wait=wait: self._wait_for_outcome(result_key, done_key, wait)
+            )
+        return record
+
+    def _wait_for_outcome(
+        self, result_key: str | bytes, done_key: str | bytes, seconds: float
+    ) -> str | None:
+        """
+        Blocks on the server until an outcome is stored or ``seconds`` pass; returns its
+        record, or ``None``.
+
+        The script that reads the record rides in the same pipeline as the BLPOP: Redis
+        runs it right after the wake-up (or the timeout), in one round trip.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.blpop([done_key], seconds)
+        pipe.evalsha(self._after_wake.sha, 2, result_key, done_key)
+        woken, record = pipe.execute(raise_on_error=False)
+        if isinstance(woken, Exception):
+            raise woken
+        if isinstance(record, redis.exceptions.NoScriptError):  # e.g. a restarted server
+            record = self._after_wake(keys=[result_key, done_key])
+        elif isinstance(record, Exception):
+            raise record
+        return record
+
+    def locate(self, queue_name, task_id):
+        keys = self.keys(queue_name)
+        found = self._call(
+            f"locate task {task_id} of queue {queue_name!r}",
+            lambda: self._locate(
+                keys=[keys.delayed, keys.data, keys.consumers, keys.dead, keys.result(task_id)],
+                args=[_wire(task_id), _wire(keys.base)],
+            ),
+        )
+        return None if found is None else Located(*found)
 
     def close(self):
         self._redis.close()

@@ -27,6 +27,18 @@ per look, a few milliseconds apart after work was seen, doubling to ``poll_inter
 while the queue stays empty. While the queue is busy, ``reserve`` claims the next task in
 one statement, without looking first.
 
+Outcomes (``keeps_results``) live in a table of their own, one row per queue and task id.
+``ack``, ``add_dead_letter`` and ``cancel`` keep the outcome they are given in the write
+transaction that ends the task: no crash leaves the task gone and its outcome untold, or
+an outcome kept for a task still there. Without an outcome, ``ack`` stays one
+autocommitted statement. An outcome past its TTL is absent to every read; each store
+deletes the oldest few expired ones (at most ``SWEEP_LIMIT``, found by an index), so the
+table does not grow with outcomes nobody reads, and a store costs the same whatever its
+size. A push forgets an id's old outcome within its own INSERT (a trigger does it), a
+``requeue_dead_letters`` within its transaction. ``locate`` is one SELECT. As for
+``reserve``, a waiting ``result`` polls: one indexed read per look, 5 ms apart at first,
+doubling to ``RESULT_POLL_INTERVAL`` (0.1 s).
+
 The file must sit on a local filesystem (WAL needs shared memory between the processes
 that use it). One connection per client and process, guarded by a lock; connections are
 closed before ``os.fork`` and reopened on first use, in the parent and in the child.
@@ -55,8 +67,15 @@ from urllib.parse import unquote, urlsplit
 
 from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from . import (
+    DEAD,
+    DELAYED,
     EXPIRED_LEASE_DEATH,
+    FINISHED,
+    INFLIGHT,
+    READY,
     DeadLetter,
+    Located,
+    Outcome,
     Reserved,
     dsn_options,
     redact_dsn,
@@ -68,7 +87,7 @@ from . import Client as BaseClient
 log = logging.getLogger(__name__)
 
 #: The schema this module writes; stored in the file as ``PRAGMA user_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # _MIGRATIONS[n] brings a file from schema version n to n + 1, in one transaction.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -99,10 +118,43 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE alligator_tasks ADD COLUMN deaths INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE alligator_tasks ADD COLUMN last_death TEXT",
     ),
+    (
+        # The outcome kept for a task that ended, per queue and task id, until ``expires``
+        # (epoch seconds; NULL: for ever). Apart from the tasks, so that a finished task
+        # leaves ``alligator_tasks`` (and its indexes) as it did before.
+        """CREATE TABLE IF NOT EXISTS alligator_results (
+            queue TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            record TEXT NOT NULL,
+            expires REAL,
+            PRIMARY KEY (queue, task_id)
+        )""",
+        # Finds the first expired outcomes for the sweep, without a scan.
+        "CREATE INDEX IF NOT EXISTS alligator_results_by_expiry "
+        "ON alligator_results (expires) WHERE expires IS NOT NULL",
+        # A new row under a task id (a push, or a dead letter stored without a consumer)
+        # forgets the outcome of the task that had the id before. A trigger, so that a
+        # push stays one statement: the lookup runs inside it, with no call of its own.
+        """CREATE TRIGGER IF NOT EXISTS alligator_tasks_forget_outcome
+            AFTER INSERT ON alligator_tasks
+            BEGIN
+                DELETE FROM alligator_results
+                WHERE queue = NEW.queue AND task_id = NEW.task_id;
+            END""",
+    ),
 )
 
 #: First pause of an idle ``reserve`` after it saw work; doubles up to ``poll_interval``.
+#: A waiting ``result`` starts with it too, and doubles up to ``RESULT_POLL_INTERVAL``.
 FIRST_PAUSE = 0.005
+
+#: Longest pause between two looks of a waiting ``result``.
+RESULT_POLL_INTERVAL = 0.1
+
+#: Most expired outcomes a store deletes: more than the one row a store adds, so that
+#: expired rows cannot pile up, and few, so that a store costs the same however many
+#: there are.
+SWEEP_LIMIT = 8
 
 _SYNCHRONOUS = ("normal", "full")
 
@@ -155,6 +207,43 @@ _DIED_TO_FRONT = (
     "UPDATE alligator_tasks SET state = 'ready', consumer_id = NULL, expires = NULL, "
     f"deaths = deaths + 1, last_death = CAST(? AS TEXT), {_FRONT} WHERE seq = ?"
 )
+# The outcome of the task in row ``seq``, when it comes back from the dead letters. (Its
+# id is read from the row, as TEXT, since another program may have stored it as a BLOB.)
+_FORGET_OUTCOME = (
+    "DELETE FROM alligator_results WHERE queue = ? "
+    "AND task_id = (SELECT CAST(task_id AS TEXT) FROM alligator_tasks WHERE seq = ?)"
+)
+
+# Outcomes. An outcome whose ``expires`` has come is absent to every read; the sweep
+# deletes the first few of those rows, by the expiry index, oldest first.
+_UNEXPIRED = "(expires IS NULL OR expires > ?)"
+_KEEP = (
+    "INSERT OR REPLACE INTO alligator_results (queue, task_id, record, expires) "
+    "VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), ?)"
+)
+_SWEEP = (
+    "DELETE FROM alligator_results WHERE rowid IN (SELECT rowid FROM alligator_results "
+    f"WHERE expires <= ? ORDER BY expires LIMIT {SWEEP_LIMIT})"
+)
+_RESULT = (
+    "SELECT record FROM alligator_results "
+    f"WHERE queue = ? AND task_id = CAST(? AS TEXT) AND {_UNEXPIRED}"
+)
+# Where a task is, in one statement (so one snapshot of the file): its row, else its
+# unexpired outcome.
+_LOCATE = (
+    "SELECT 0, state, data FROM alligator_tasks WHERE queue = ? AND task_id = CAST(? AS TEXT) "
+    f"UNION ALL SELECT 1, '{FINISHED}', record FROM alligator_results "
+    f"WHERE queue = ? AND task_id = CAST(? AS TEXT) AND {_UNEXPIRED} "
+    "ORDER BY 1 LIMIT 1"
+)
+_PLACES = {
+    "ready": READY,
+    "delayed": DELAYED,
+    "inflight": INFLIGHT,
+    "dead": DEAD,
+    FINISHED: FINISHED,
+}
 
 
 def database_path(conn_string: str) -> str:
@@ -289,6 +378,17 @@ def _waiting_state(delay_until: float | None) -> tuple[str, float | None]:
     if delay_until is not None and delay_until > time.time():
         return "delayed", delay_until
     return "ready", None
+
+
+def _keep(conn: sqlite3.Connection, queue_name: str, task_id: str, outcome: Outcome) -> None:
+    """
+    Keeps a task's outcome (replacing any it had), and deletes a few expired ones, in the
+    caller's write transaction.
+    """
+    now = time.time()
+    conn.execute(_SWEEP, (now,))
+    expires = None if outcome.ttl is None else now + outcome.ttl
+    _execute(conn, _KEEP, (queue_name, task_id, outcome.record, expires))
 
 
 @contextmanager
@@ -568,11 +668,17 @@ class Client(BaseClient):
             )
             return _reserved(conn, *head)
 
-    def ack(self, queue_name: str, task_id: str, consumer_id: str) -> None:
-        with self._connection() as conn:
-            _execute(
-                conn, f"DELETE FROM alligator_tasks {_HELD}", (queue_name, task_id, consumer_id)
-            )
+    def ack(
+        self, queue_name: str, task_id: str, consumer_id: str, outcome: Outcome | None = None
+    ) -> None:
+        held = (queue_name, task_id, consumer_id)
+        if outcome is None:
+            with self._connection() as conn:  # the hot path: one autocommitted statement
+                _execute(conn, f"DELETE FROM alligator_tasks {_HELD}", held)
+            return
+        with self._transaction() as conn:
+            if _execute(conn, f"DELETE FROM alligator_tasks {_HELD}", held).rowcount:
+                _keep(conn, queue_name, task_id, outcome)
 
     def retry(
         self,
@@ -638,12 +744,14 @@ class Client(BaseClient):
             )
             return _reserved(conn, *row)
 
-    def cancel(self, queue_name: str, task_id: str) -> str | None:
+    def cancel(self, queue_name: str, task_id: str, outcome: Outcome | None = None) -> str | None:
         with self._transaction() as conn:
             row = _execute(conn, _WAITING, (queue_name, task_id)).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM alligator_tasks WHERE seq = ?", (row[0],))
+            if outcome is not None:
+                _keep(conn, queue_name, task_id, outcome)
         return _as_text(row[2])
 
     def len(self, queue_name: str) -> int:
@@ -668,27 +776,32 @@ class Client(BaseClient):
         data: str,
         error: str,
         consumer_id: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         failed_at = time.time()
         error = storable_text(error)
-        with self._connection() as conn:
+        # One statement without an outcome; with one, a transaction that keeps it too.
+        with self._connection() if outcome is None else self._transaction() as conn:
             if consumer_id is not None:
                 # To the back, so that dead letters list in the order they failed.
-                _execute(
+                moved = _execute(
                     conn,
                     "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = 'dead', "
                     "error = CAST(? AS TEXT), failed_at = ?, consumer_id = NULL, "
                     f"expires = NULL, {_NO_DEATHS}, {_BACK} {_HELD}",
                     (data, error, failed_at, queue_name, task_id, consumer_id),
-                )
-                return
-            with _unique_task_id(queue_name, task_id):
-                _execute(
-                    conn,
-                    "INSERT INTO alligator_tasks (queue, task_id, data, state, error, failed_at) "
-                    "VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), 'dead', CAST(? AS TEXT), ?)",
-                    (queue_name, task_id, data, error, failed_at),
-                )
+                ).rowcount
+            else:
+                with _unique_task_id(queue_name, task_id):
+                    moved = _execute(
+                        conn,
+                        "INSERT INTO alligator_tasks "
+                        "(queue, task_id, data, state, error, failed_at) VALUES "
+                        "(?, CAST(? AS TEXT), CAST(? AS TEXT), 'dead', CAST(? AS TEXT), ?)",
+                        (queue_name, task_id, data, error, failed_at),
+                    ).rowcount
+            if moved and outcome is not None:
+                _keep(conn, queue_name, task_id, outcome)
 
     def list_dead_letters(self, queue_name: str) -> list[DeadLetter]:
         with self._connection() as conn:
@@ -722,6 +835,7 @@ class Client(BaseClient):
                 )
                 dead = sorted(row for row in found if row is not None)  # oldest first
             for (seq,) in dead:
+                conn.execute(_FORGET_OUTCOME, (queue_name, seq))
                 conn.execute(_DEAD_TO_BACK, (seq,))
         return len(dead)
 
@@ -730,6 +844,39 @@ class Client(BaseClient):
             return conn.execute(
                 "DELETE FROM alligator_tasks WHERE queue = ? AND state = 'dead'", (queue_name,)
             ).rowcount
+
+    def store_result(self, queue_name: str, task_id: str, outcome: Outcome) -> None:
+        with self._transaction() as conn:
+            _keep(conn, queue_name, task_id, outcome)
+
+    def result(self, queue_name: str, task_id: str, timeout: float | None = 0.0) -> str | None:
+        # SQLite cannot wake a reader: look again after 5, 10, 20... ms, up to
+        # RESULT_POLL_INTERVAL between looks, and once more when the time is up.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = FIRST_PAUSE
+        while True:
+            with self._connection() as conn:
+                row = _execute(conn, _RESULT, (queue_name, task_id, time.time())).fetchone()
+            if row is not None:
+                return _as_text(row[0])
+            nap = pause
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                nap = min(nap, remaining)
+            time.sleep(nap)
+            pause = min(pause * 2, RESULT_POLL_INTERVAL)
+
+    def locate(self, queue_name: str, task_id: str) -> Located | None:
+        with self._connection() as conn:
+            found = _execute(
+                conn, _LOCATE, (queue_name, task_id, queue_name, task_id, time.time())
+            ).fetchone()
+        if found is None:
+            return None
+        _, place, data = found
+        return Located(_PLACES[place], _as_text(data))
 
 
 def _reserved(
