@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULES",
         help="the only modules whose functions may run: module names, or a package followed "
         "by .* for every module below it, separated by commas; may be repeated (default: any "
-        "but the standard library, builtins and Alligator)",
+        "but the standard library, builtins, Alligator and its dependencies)",
     )
     parser.add_argument(
         "-l",
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         if allowed.is_default:
             log.warning(
                 "No --tasks given: any function a payload names may run, but those of the "
-                "standard library, builtins and Alligator. Give --tasks myapp.tasks to allow "
-                "only your task modules."
+                "standard library, builtins, Alligator and its dependencies. Give --tasks "
+                "myapp.tasks to allow only your task modules."
             )
         Worker(
             gator, args.max_tasks, args.queue, args.nap_time, allowed_tasks=allowed

@@ -92,6 +92,8 @@ class Gator:
         self.result_backend = (
             client_class(result_backend)(result_backend) if result_backend else None
         )
+        # Whether outcomes are kept at all: if not, none is even built on the hot path.
+        self.keeps_outcomes = self.result_backend is not None or self.backend.keeps_results
         # Tasks popped by this gator itself (pop/get) are held in flight under this id.
         self.consumer_id = new_consumer_id()
 
@@ -275,7 +277,9 @@ class Gator:
         return outcome if self.backend.keeps_results else None
 
     def _ack(self, task: Task) -> None:
-        outcome = outcomes.success(task.task_id, task.result, task.result_ttl)
+        outcome = None
+        if self.keeps_outcomes:
+            outcome = outcomes.success(task.task_id, task.result, task.result_ttl)
         self.backend.ack(
             self.queue_name, task.task_id, task.reserved_by, self._with_end(task.task_id, outcome)
         )
@@ -516,12 +520,15 @@ class Gator:
         results = self._results()
         if results is not self.backend:
             # Kept just before the task's end: a kept outcome is the last word.
-            record = results.result(self.queue_name, task_id)
+            seen: set[str] = set()
+            while True:
+                record = results.result(self.queue_name, task_id)
+                moved_to = _moved_to(record, task_id, seen)
+                if moved_to is None:
+                    break
+                task_id = moved_to
             if record is not None:
-                fields = outcomes.read(record)
-                if "moved_to" in fields:
-                    return self.status(fields["moved_to"])
-                return TaskStatus(fields["status"])
+                return TaskStatus(outcomes.read(record)["status"])
         found = self.backend.locate(self.queue_name, task_id)
         if found is None:
             return TaskStatus.UNKNOWN
@@ -552,10 +559,11 @@ class Gator:
         """
         results = self._results()
         deadline = None if timeout is None else time.monotonic() + timeout
+        seen: set[str] = set()
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             record = results.result(self.queue_name, task_id, remaining)
-            moved_to = None if record is None else outcomes.read(record).get("moved_to")
+            moved_to = _moved_to(record, task_id, seen)
             if moved_to is None:
                 return outcomes.value_of(task_id, record)
             task_id = moved_to
@@ -617,6 +625,18 @@ _STATUS_OF_PLACE = {
     INFLIGHT: TaskStatus.RUNNING,
     DEAD: TaskStatus.FAILED,
 }
+
+
+def _moved_to(record: str | None, task_id: str, seen: set[str]) -> str | None:
+    """The id a retry took, when ``record`` points there (a backend that gives each retry an
+    id of its own); never round in a circle."""
+    moved_to = None if record is None else outcomes.read(record).get("moved_to")
+    if moved_to is None:
+        return None
+    seen.add(task_id)
+    if moved_to in seen:
+        raise InvalidTaskError(f"The kept outcomes of task {task_id} point round in a circle.")
+    return moved_to
 
 
 def _payload_status(data: str) -> Any:

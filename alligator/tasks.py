@@ -315,7 +315,7 @@ class Task:
 
         :param data: A JSON-serialized string of the task data
         :param allowed: The modules whose functions may run; without it, any module but
-            those of the standard library, builtins and Alligator
+            those of the standard library, builtins, Alligator and its dependencies
         :returns: A populated task
         :raises InvalidTaskError: When the payload cannot be decoded, names a function or hook
             that is not allowed (``TaskNotAllowed``), or cannot be imported

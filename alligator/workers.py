@@ -48,8 +48,8 @@ class Worker:
     :param allowed_tasks: The modules whose functions the worker may run, e.g.
         ``["myapp.tasks", "myapp.billing.*"]`` (see ``AllowedTasks``); they are imported
         before the first task. A task outside the list goes to the dead letters unimported.
-        Without a list, any function but those of the standard library, builtins and
-        Alligator may run.
+        Without a list, any function but those of the standard library, builtins, Alligator
+        and its dependencies may run.
     """
 
     #: Whether a second SIGTERM/SIGINT stops ``run_forever`` at once. A supervisor that

@@ -346,8 +346,9 @@ def _warnings(config: Config) -> list[str]:
         names = ", ".join(repr(name) for name in open_queues)
         warnings.append(
             f"Queue(s) {names} run any function a payload names, but those of the standard "
-            f"library, builtins and Alligator: set tasks = myapp.tasks (your task modules; "
-            f"pkg.* for a package) in [{MAIN_SECTION}] or in their [queue:…] section."
+            f"library, builtins, Alligator and its dependencies: set tasks = myapp.tasks "
+            f"(your task modules; pkg.* for a package) in [{MAIN_SECTION}] or in their "
+            f"[queue:…] section."
         )
     secret = any(queue.settings.secrets for queue in config.queues)
     password = any(shown_dsn(queue.settings.dsn) != queue.settings.dsn for queue in config.queues)

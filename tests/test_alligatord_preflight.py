@@ -123,7 +123,7 @@ def test_a_file_without_a_tasks_list_gets_one_warning_naming_the_key(daemons, tm
     assert check.returncode == 0
     warning = (
         "alligatord: warning: Queue(s) 'a' run any function a payload names, but those of the "
-        "standard library, builtins and Alligator: set tasks = myapp.tasks"
+        "standard library, builtins, Alligator and its dependencies: set tasks = myapp.tasks"
     )
     assert warning in check.stderr
     daemon = daemons(config)

@@ -11,9 +11,15 @@ import time
 
 import pytest
 
-from alligator import Gator, Worker
+from alligator import Gator, Worker, outcomes
 from alligator.constants import TaskStatus
-from alligator.exceptions import AlligatorException, ResultTimeout, TaskCanceled, TaskFailed
+from alligator.exceptions import (
+    AlligatorException,
+    InvalidTaskError,
+    ResultTimeout,
+    TaskCanceled,
+    TaskFailed,
+)
 
 from . import tasks
 from .alligatord_support import write_config
@@ -159,3 +165,17 @@ def test_a_retried_task_is_followed_to_its_outcome(gator_args, tmp_path):
     Worker(gator, max_tasks=1).run_forever()
     assert gator.result(task.task_id, timeout=5) == "second"
     assert gator.status(task.task_id) == TaskStatus.SUCCESS
+
+
+def test_pointers_round_in_a_circle_are_an_error_not_a_hang(beanstalkd, queue_name, tmp_path):
+    results = f"sqlite:///{tmp_path / 'results.db'}"
+    gator = Gator(
+        f"beanstalk://{beanstalkd.host}:{beanstalkd.port}/",
+        queue_name=queue_name,
+        result_backend=results,
+    )
+    for old, new in (("1", "2"), ("2", "1")):
+        gator.result_backend.store_result(queue_name, old, outcomes.moved(new, 60))
+    for ask in (gator.status, lambda task_id: gator.result(task_id, timeout=0)):
+        with pytest.raises(InvalidTaskError, match="round in a circle"):
+            ask("1")

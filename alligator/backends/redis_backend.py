@@ -149,8 +149,10 @@ SWEEP_BATCH = 200
 MAX_LEASE = 2.0**31
 #: Database numbers have at most this many digits.
 MAX_DB_DIGITS = 10
-#: Milliseconds a task's done list (the wake-up tokens of ``result``) outlives its last token.
-DONE_MS = 60_000
+#: Milliseconds a task's done list (the wake-up tokens of ``result``) outlives its last token:
+#: a token matters only to a waiter blocked, or about to block, as the outcome arrives, and
+#: a list per finished task must not linger in a busy server's memory.
+DONE_MS = 1_000
 
 # Shared by the scripts: the server's clock, in epoch seconds.
 _NOW = """
