@@ -84,5 +84,24 @@ class SettleError(BackendError):
         self.settle = settle
 
 
+class UnknownTaskError(AlligatorException):
+    """
+    A task given in ``depends_on`` is unknown to the backend: never pushed, or gone with no
+    outcome kept (see ``result_ttl``). Nothing was stored.
+
+    Ex::
+
+        raise UnknownTaskError('b1', ('emails', 'a1'))
+    """
+
+    def __init__(self, task_id: str, dependency: tuple[str, str]) -> None:
+        queue_name, dependency_id = dependency
+        super().__init__(
+            f"Task {task_id} depends on task {dependency_id} of queue {queue_name!r}, which "
+            "is unknown there (never pushed, or gone with no outcome kept); nothing was stored."
+        )
+        self.dependency = dependency
+
+
 class TaskNotFound(AlligatorException):
     """No queued task has the given id (it may have run, or been canceled)."""

@@ -18,10 +18,12 @@ from .backends import (
     DEAD,
     DELAYED,
     FINISHED,
+    HELD,
     INFLIGHT,
     READY,
     Client,
     DeadLetter,
+    Dependencies,
     Outcome,
     Reserved,
     client_class,
@@ -30,14 +32,21 @@ from .constants import ALL, RETRYING, TaskStatus
 from .exceptions import (
     AlligatorException,
     BackendError,
+    DuplicateTaskError,
     InvalidTaskError,
     SettleError,
     TaskNotFound,
+    UnknownTaskError,
 )
 from .signing import Signer
 from .tasks import TASK_ERRORS, Task
 
 log = logging.getLogger(__name__)
+
+#: Seconds a task pushed to a backend that assigns ids waits, delayed, until what waits on it
+#: is carried over to its new id; it is made ready as soon as that is done, and only a crash
+#: in between leaves it parked this long.
+PARKED_FOR = 30.0
 
 
 def new_consumer_id() -> str:
@@ -67,9 +76,9 @@ class Gator:
     :param secret: Sign every task pushed, and run only tasks signed, with this secret (at
         least 16 characters); a list of secrets is accepted for rotation: the first signs,
         any verifies. See ``alligator.signing``.
-    :param result_backend: A DSN of another backend to keep tasks' outcomes in (for
-        ``status`` and ``result``): needed with ``beanstalk://``, which keeps none;
-        otherwise the queue's own backend keeps them, with each task's end
+    :param result_backend: A DSN of another backend to keep tasks' outcomes (for
+        ``status`` and ``result``) and dependencies in: needed with ``beanstalk://``, which
+        keeps neither; otherwise the queue's own backend keeps them, with each task's end
     """
 
     def __init__(
@@ -87,8 +96,13 @@ class Gator:
         self.backend_class = backend_class
         self.signer = Signer(secret) if secret else None
         self.backend = self.build_backend(conn_string)
+        if result_backend is not None and result_backend == conn_string:
+            raise AlligatorException(
+                f"The result_backend of queue {queue_name!r} is its own backend: leave it out, "
+                "that backend keeps the outcomes itself."
+            )
         # Outcomes kept elsewhere are stored just before the task's end (a crash in between
-        # runs the task again, which stores them again), not with it.
+        # runs the task again, which stores them again), not with it; so are dependencies.
         self.result_backend = (
             client_class(result_backend)(result_backend) if result_backend else None
         )
@@ -115,7 +129,8 @@ class Gator:
 
     def len(self) -> int:
         """
-        Returns the number of remaining queued tasks (ready or delayed).
+        Returns the number of remaining queued tasks (ready, delayed, or held until their
+        dependencies succeed).
 
         Ex::
 
@@ -123,7 +138,10 @@ class Gator:
 
         :returns: An integer count
         """
-        return self.backend.len(self.queue_name)
+        held_elsewhere = 0
+        if self.result_backend is not None:  # held there, or released on their way here
+            held_elsewhere = self.result_backend.len(self.queue_name)
+        return self.backend.len(self.queue_name) + held_elsewhere
 
     def push(self, task: Task, func: Any, *args: Any, **kwargs: Any) -> Task:
         """
@@ -136,24 +154,134 @@ class Gator:
         If the ``Task`` has the ``is_async=False`` option, the task will be run immediately
         (in-process). This is useful for development and in testing.
 
+        A task with ``depends_on`` is held, never reserved, until every task it depends on
+        succeeded; then it joins the back of its queue. If one of them fails for good or is
+        canceled, it is canceled too (its status ``CANCELED``, its result error naming that
+        task). One that already succeeded counts as done; one the backend does not know
+        raises ``UnknownTaskError``. A synchronous task runs at once: its dependencies,
+        synchronous too, ran already.
+
         Ex::
 
             task = Task(is_async=False, retries=3)
             finished = gator.push(task, increment, incr_by=2)
+
+            report = gator.task(build_report, 7)
+            gator.push(Task(depends_on=[report]), send_report, 7)
 
         :param task: A mostly-configured task
         :param func: The callable with business logic to execute
         :param args: Positional arguments to pass to the callable task
         :param kwargs: Keyword arguments to pass to the callable task
         :returns: The ``Task`` instance
+        :raises UnknownTaskError: A task in ``depends_on`` is unknown to the backend
         """
         task.to_call(func, *args, **kwargs)
         if not task.is_async:
             return self.execute(task)
-        task.task_id = self.backend.push(
-            self.queue_name, task.task_id, self.payload(task), task.delay_until
-        )
+        depends_on = self._dependencies(task)
+        if depends_on is None:
+            task.task_id = self.backend.push(
+                self.queue_name, task.task_id, self.payload(task), task.delay_until
+            )
+        elif self.result_backend is not None:
+            self._hold_in_results(task, depends_on)
+        else:
+            task.task_id = self.backend.push(
+                self.queue_name,
+                task.task_id,
+                self.payload(task),
+                task.delay_until,
+                depends_on=depends_on,
+            )
+        task.queue_name = self.queue_name
         return task
+
+    def _dependencies(self, task: Task) -> Dependencies | None:
+        """A task's ``depends_on`` as the backend takes it: (queue, id) pairs, each once."""
+        if not task.depends_on:
+            return None
+        if not self.keeps_outcomes:
+            raise AlligatorException(
+                f"The backend of {self.backend.conn_string.split('://', 1)[0]}:// keeps no "
+                "dependencies: give the Gator a result_backend (e.g. Gator(dsn, "
+                "result_backend='redis://localhost:6379/0')) to use depends_on."
+            )
+        pairs = (
+            (self.queue_name, item) if isinstance(item, str) else tuple(item)
+            for item in task.depends_on
+        )
+        return Dependencies(tuple(dict.fromkeys(pairs)), task.result_ttl)
+
+    def _hold_in_results(self, task: Task, depends_on: Dependencies) -> None:
+        """
+        Holds a task in the result backend until its dependencies, which live in the
+        queue's backend, succeeded. Whether each exists is asked there after the hold is
+        stored, so that none can end unseen in between.
+        """
+        results = self.result_backend
+        held_on = Dependencies(depends_on.on, depends_on.ttl, elsewhere=True)
+        results.push(self.queue_name, task.task_id, self.payload(task), task.delay_until, held_on)
+        for dependency in depends_on.on:
+            if results.locate(*dependency) is None and self.backend.locate(*dependency) is None:
+                results.cancel(self.queue_name, task.task_id)
+                raise UnknownTaskError(task.task_id, dependency)
+        self.forward_released(self.queue_name)
+
+    def forward_released(self, queue_name: str) -> int:
+        """
+        Pushes the tasks a result backend released (their dependencies succeeded) to their
+        queue in this gator's backend; each is handed over in the result backend once it
+        is there, and the id it got there is followed from its first one. A crash in
+        between pushes it again, later (at-least-once).
+
+        Called at the end of a dependency, after a push with dependencies, and by each
+        worker's heartbeat (for what a crash left behind). Only with a ``result_backend``.
+
+        Ex::
+
+            gator.forward_released('emails')
+
+        :returns: How many tasks were pushed
+        """
+        results = self.result_backend
+        forwarded = 0
+        while (released := results.reserve(queue_name, self.consumer_id)) is not None:
+            old_id = released.task_id
+            ttl = _payload_field(released.data, "result_ttl", outcomes.DEFAULT_RESULT_TTL)
+
+            def hand_over(new_id: str, old_id: str = old_id, ttl: Any = ttl) -> None:
+                pointer = None if new_id == old_id else outcomes.moved(new_id, ttl)
+                results.hand_over(queue_name, old_id, self.consumer_id, new_id, pointer)
+
+            try:
+                self._push_then(queue_name, old_id, released.data, None, hand_over)
+            except DuplicateTaskError:
+                hand_over(old_id)  # pushed already, by an attempt that crashed
+            forwarded += 1
+        return forwarded
+
+    def _push_then(
+        self,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        delay_until: float | None,
+        carry: Callable[[str], None],
+    ) -> str:
+        """
+        Pushes a task to its queue, and calls ``carry`` with the id it is stored under
+        before any worker can take it, so that what waits on it in the result backend is
+        there first. A backend that assigns ids gets a task due now parked (delayed) until
+        then; a task due later waits for its time (at least a second, on beanstalkd).
+        """
+        parked = self.backend.assigns_ids and delay_until is None
+        due = time.time() + PARKED_FOR if parked else delay_until
+        new_id = self.backend.push(queue_name, task_id, data, due)
+        carry(new_id)
+        if parked:
+            self.backend.make_ready(queue_name, new_id)
+        return new_id
 
     def payload(self, task: Task) -> str:
         """
@@ -268,21 +396,25 @@ class Gator:
                 f"The outcome of task {task_id} could not be stored in the queue: {exc}", store
             ) from exc
 
-    def _with_end(self, task_id: str, outcome: Outcome | None) -> Outcome | None:
-        """The outcome for the queue's backend to keep with a task's end; one kept by a
-        result backend is stored there first."""
-        if outcome is not None and self.result_backend is not None:
-            self.result_backend.store_result(self.queue_name, task_id, outcome)
-            return None
-        return outcome if self.backend.keeps_results else None
+    def _with_end(self, task_id: str, succeeded: bool, outcome: Outcome | None) -> Outcome | None:
+        """
+        The outcome for the queue's backend to keep with a task's end. With a result
+        backend, the end is told there first: the outcome kept, the tasks held on it
+        released (and forwarded to their queues) or canceled.
+        """
+        if self.result_backend is None:
+            return outcome if self.backend.keeps_results else None
+        released = self.result_backend.finish(self.queue_name, task_id, succeeded, outcome)
+        for queue_name in released:
+            self.forward_released(queue_name)
+        return None
 
     def _ack(self, task: Task) -> None:
         outcome = None
         if self.keeps_outcomes:
             outcome = outcomes.success(task.task_id, task.result, task.result_ttl)
-        self.backend.ack(
-            self.queue_name, task.task_id, task.reserved_by, self._with_end(task.task_id, outcome)
-        )
+        end = self._with_end(task.task_id, True, outcome)
+        self.backend.ack(self.queue_name, task.task_id, task.reserved_by, end)
         task.reserved_by = None
 
     def _retry_later(self, task: Task, wait: float) -> None:
@@ -290,16 +422,24 @@ class Gator:
         due = time.time() + wait if wait else None
         if task.reserved_by is None:
             task.task_id = self.backend.push(self.queue_name, task.task_id, data, due)
-        else:
-            old_id = task.task_id
-            task.task_id = self.backend.retry(self.queue_name, old_id, task.reserved_by, data, due)
+        elif self.backend.assigns_ids and self.result_backend is not None:
+            # The retry gets an id of its own (beanstalkd): whoever follows the old id, or
+            # waits for it, is sent on to the new one before a worker can take it, and only
+            # then does the old job go.
+            old_id, results = task.task_id, self.result_backend
+
+            def move(new_id: str) -> None:
+                moved = outcomes.moved(new_id, task.result_ttl)
+                results.move(self.queue_name, old_id, new_id, moved)
+
+            task.task_id = self._push_then(self.queue_name, old_id, data, due, move)
+            self.backend.ack(self.queue_name, old_id, task.reserved_by)
             task.reserved_by = None
-            if task.task_id != old_id and self.result_backend is not None:
-                # A backend that gives a retry an id of its own (beanstalkd): whoever follows
-                # the old id is sent on to the new one.
-                moved = outcomes.moved(task.task_id, task.result_ttl)
-                if moved is not None:
-                    self.result_backend.store_result(self.queue_name, old_id, moved)
+        else:
+            task.task_id = self.backend.retry(
+                self.queue_name, task.task_id, task.reserved_by, data, due
+            )
+            task.reserved_by = None
 
     def _bury(self, task: Task, error: str, exc_type: str) -> None:
         outcome = outcomes.failure(error, exc_type, task.result_ttl)
@@ -309,7 +449,7 @@ class Gator:
             self.payload(task),
             error,
             consumer_id=task.reserved_by,
-            outcome=self._with_end(task.task_id, outcome),
+            outcome=self._with_end(task.task_id, False, outcome),
         )
         task.reserved_by = None
 
@@ -383,6 +523,7 @@ class Gator:
                 f"moved to the dead-letter store: {exc}"
             ) from exc
         task.task_id = reserved.task_id
+        task.queue_name = self.queue_name
         task.reserved_by = consumer_id
         return task
 
@@ -414,7 +555,7 @@ class Gator:
                 reserved.data,
                 reason,
                 consumer_id,
-                self._with_end(reserved.task_id, outcome),
+                self._with_end(reserved.task_id, False, outcome),
             )
 
         self._settle(reserved.task_id, bury)
@@ -477,18 +618,26 @@ class Gator:
             # Whoops, didn't mean to do that.
             gator.cancel(task.task_id)
 
-        Its outcome, ``CANCELED``, is kept for the default ``result_ttl``.
+        Its outcome, ``CANCELED``, is kept for the default ``result_ttl``; the tasks that
+        depend on it are canceled too. A task held until its dependencies succeed can be
+        canceled as well.
 
         :param task_id: The identifier of the task to cancel
         :returns: The canceled ``Task`` instance
         """
         outcome = outcomes.canceled("Canceled by Gator.cancel.", outcomes.DEFAULT_RESULT_TTL)
-        kept_here = outcome if self.backend.keeps_results and not self.result_backend else None
-        data = self.backend.cancel(self.queue_name, task_id, kept_here)
+        results = self.result_backend
+        if results is None:
+            kept_here = outcome if self.backend.keeps_results else None
+            data = self.backend.cancel(self.queue_name, task_id, kept_here)
+        else:
+            data = self.backend.cancel(self.queue_name, task_id)
+            if data is not None:
+                self._with_end(task_id, False, outcome)
+            else:  # maybe held in the result backend, waiting for its dependencies
+                data = results.cancel(self.queue_name, task_id, outcome)
         if data is None:
             raise TaskNotFound(f"No task {task_id!r} waits in queue {self.queue_name!r}.")
-        if self.result_backend is not None:
-            self.result_backend.store_result(self.queue_name, task_id, outcome)
         try:
             task = self._open(data, None)
         except Exception as exc:
@@ -529,12 +678,15 @@ class Gator:
                 task_id = moved_to
             if record is not None:
                 return TaskStatus(outcomes.read(record)["status"])
+            held = results.locate(self.queue_name, task_id)
+            if held is not None:  # held there, or released and on its way to the queue
+                return TaskStatus.DELAYED if held.place == DELAYED else TaskStatus.WAITING
         found = self.backend.locate(self.queue_name, task_id)
         if found is None:
             return TaskStatus.UNKNOWN
         if found.place == FINISHED:
             return TaskStatus(outcomes.read(found.data)["status"])
-        if found.place in (READY, DELAYED) and _payload_status(found.data) == RETRYING:
+        if found.place in (READY, DELAYED) and _payload_field(found.data, "status") == RETRYING:
             return TaskStatus.RETRYING
         return _STATUS_OF_PLACE[found.place]
 
@@ -620,6 +772,7 @@ class Gator:
 
 
 _STATUS_OF_PLACE = {
+    HELD: TaskStatus.WAITING,
     READY: TaskStatus.WAITING,
     DELAYED: TaskStatus.DELAYED,
     INFLIGHT: TaskStatus.RUNNING,
@@ -639,19 +792,21 @@ def _moved_to(record: str | None, task_id: str, seen: set[str]) -> str | None:
     return moved_to
 
 
-def _payload_status(data: str) -> Any:
-    """The ``status`` a payload says, without decoding more of it (``None`` if it cannot)."""
+def _payload_field(data: str, name: str, default: Any = None) -> Any:
+    """A field a payload holds, without decoding more of it (``default`` if it cannot)."""
     try:
         fields = json.loads(data)
     except (ValueError, RecursionError):
-        return None
-    return fields.get("status") if isinstance(fields, dict) else None
+        return default
+    return fields.get(name, default) if isinstance(fields, dict) else default
 
 
 class LeaseKeeper(threading.Thread):
     """
     While it runs, renews a consumer's lease on its in-flight tasks every ``lease / 3``
-    seconds, and returns the tasks of consumers whose lease ran out to their queue.
+    seconds, and returns the tasks of consumers whose lease ran out to their queue. With a
+    result backend, it also forwards to the queue the tasks released there that a crash
+    left behind (see ``Gator.forward_released``).
 
     Ex::
 
@@ -661,6 +816,7 @@ class LeaseKeeper(threading.Thread):
 
     def __init__(self, gator: Gator, consumer_id: str) -> None:
         super().__init__(name=f"alligator-lease-{consumer_id}", daemon=True)
+        self.gator = gator
         self.backend, self.queue_name = gator.backend, gator.queue_name
         self.consumer_id = consumer_id
         self.interval = self.backend.lease / 3
@@ -688,6 +844,27 @@ class LeaseKeeper(threading.Thread):
                     requeued,
                     self.queue_name,
                 )
+            if self.gator.result_backend is not None:
+                self._forward_left_behind()
+
+    def _forward_left_behind(self) -> None:
+        try:
+            self.gator.result_backend.requeue_expired(self.queue_name)
+            forwarded = self.gator.forward_released(self.queue_name)
+        except Exception as exc:
+            log.warning(
+                "Cannot forward the released tasks of queue %r from its result backend: %s",
+                self.queue_name,
+                exc,
+            )
+            return
+        if forwarded:
+            log.warning(
+                "Forwarded %d released task(s) of queue %r that a crash left in its result "
+                "backend.",
+                forwarded,
+                self.queue_name,
+            )
 
 
 class Options:

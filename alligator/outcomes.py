@@ -79,6 +79,25 @@ def canceled(reason: str, ttl: float | None) -> Outcome | None:
     return _outcome(ttl, status=CANCELED, error=reason)
 
 
+def dependency_canceled(queue_name: str, task_id: str) -> str:
+    """
+    The record of a task canceled because ``task_id`` of ``queue_name``, which it depends
+    on (maybe through other tasks), failed for good or was canceled. Backends keep it, with
+    each such task's own ttl.
+
+    Ex::
+
+        dependency_canceled('emails', 'a1')
+    """
+    error = (
+        f"Canceled: task {task_id} of queue {queue_name!r}, which it depends on, failed or "
+        "was canceled."
+    )
+    return json.dumps(
+        {"status": CANCELED, "error": error, "finished_at": time.time()}, separators=(",", ":")
+    )
+
+
 def moved(new_id: str, ttl: float | None) -> Outcome | None:
     """
     The pointer from a task's old id to the id its retry has now.

@@ -49,8 +49,10 @@ class Task:
     :param on_start: Hook called as ``on_start(task)`` before each attempt
     :param on_success: Hook called as ``on_success(task, result)`` after a success
     :param on_error: Hook called as ``on_error(task, exc)`` after the last failed attempt
-    :param depends_on: Task ids (or tasks) this task depends on; stored with the task
-        (``None`` when none is given)
+    :param depends_on: The tasks that must succeed before this one runs: each a task (once
+        pushed), a task id of the same queue, or a ``(queue_name, task_id)`` pair; the task
+        waits, held, until all succeeded, and is canceled if one fails for good or is
+        canceled (``None`` when none is given; see ``Gator.push``)
     :param delay_by: Seconds to wait before the task may run
     :param delay_until: Earliest time to run, as epoch seconds or an aware ``datetime``
     :param retry_delay: Seconds a queued task waits before its first retry (default 0)
@@ -113,6 +115,8 @@ class Task:
         self.func: Callable | None = None
         self.func_args: list = []
         self.func_kwargs: dict = {}
+        # The queue it was pushed to, or came off.
+        self.queue_name: str | None = None
         # The consumer holding this task in flight, when it came off a queue.
         self.reserved_by: str | None = None
         # The allowlist a task from a queue was decoded under; its hooks must pass it too.
@@ -408,11 +412,27 @@ def _seconds(name: str, value: Any, least: float = 0.0) -> float:
     return float(value)
 
 
-def _task_ids(depends_on: Any) -> list[str] | None:
+def _task_ids(depends_on: Any) -> list[str | tuple[str, str]] | None:
+    """Dependencies as a task keeps them: an id of the task's own queue, or a (queue, id)
+    pair; a task pushed to a queue is named by that pair."""
     if depends_on is None:
         return None
     items = depends_on if isinstance(depends_on, list | tuple | set) else [depends_on]
-    return [item.task_id if isinstance(item, Task) else str(item) for item in items]
+    named: list[str | tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, Task):
+            queue_name = item.queue_name
+            named.append(item.task_id if queue_name is None else (queue_name, item.task_id))
+        elif isinstance(item, list | tuple):
+            if len(item) != 2 or not all(isinstance(part, str) for part in item):
+                raise InvalidTaskError(
+                    f"A dependency must be a task, a task id or a (queue_name, task_id) pair, "
+                    f"not {item!r}."
+                )
+            named.append((item[0], item[1]))
+        else:
+            named.append(str(item))
+    return named
 
 
 def _due_time(delay_by: float | None, delay_until: float | datetime | None) -> float | None:

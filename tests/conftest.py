@@ -5,6 +5,7 @@ import pytest
 from alligator.gator import Gator
 
 from .alligatord_support import Daemons
+from .outcome_support import args_for
 from .servers import beanstalkd_server, redis_server
 
 
@@ -86,6 +87,19 @@ def keyed_backend_dsn(request, tmp_path):
 def queue_name():
     """A queue name no other test uses (beanstalkd tubes outlive a test)."""
     return f"q{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def gator_args(backend_dsn, queue_name, tmp_path):
+    """A DSN and the other arguments of a Gator, for every backend in turn (beanstalkd with
+    a result backend)."""
+    return args_for(backend_dsn, queue_name, tmp_path)
+
+
+@pytest.fixture
+def shared_gator_args(shared_backend_dsn, queue_name, tmp_path):
+    """The same, for the backends that processes share (all but locmem)."""
+    return args_for(shared_backend_dsn, queue_name, tmp_path)
 
 
 @pytest.fixture

@@ -95,8 +95,8 @@ def test_dead_letters_and_cancels_keep_theirs(client, queue_name):
     assert client.result(queue_name, "nobody") is None
 
 
-def test_store_result_keeps_an_outcome_on_its_own(client, queue_name):
-    client.store_result(queue_name, "elsewhere", outcome("7"))
+def test_finish_keeps_an_outcome_on_its_own(client, queue_name):
+    assert client.finish(queue_name, "elsewhere", True, outcome("7")) == []
     assert client.result(queue_name, "elsewhere") == '{"status":1,"value":7}'
     assert client.result("another-queue", "elsewhere") is None  # outcomes are per queue
 
@@ -117,7 +117,7 @@ def test_result_waits_for_the_outcome_up_to_its_timeout(client, queue_name):
     # From another client (another process's, in real life) too.
     other = client_class(client.conn_string)(client.conn_string)
     try:
-        store = threading.Timer(0.3, client.store_result, (queue_name, "t2", outcome("2")))
+        store = threading.Timer(0.3, client.finish, (queue_name, "t2", True, outcome("2")))
         store.start()
         assert other.result(queue_name, "t2", timeout=10) == '{"status":1,"value":2}'
         store.join()

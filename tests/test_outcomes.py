@@ -5,8 +5,6 @@ backend (beanstalkd through a result backend).
 """
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -23,46 +21,8 @@ from alligator.exceptions import (
 
 from . import tasks
 from .alligatord_support import write_config
-from .servers import ROOT, kill_process, wait_for
-
-
-def args_for(dsn, queue_name, tmp_path):
-    """What a Gator of the backend takes: beanstalkd keeps outcomes in an SQLite file."""
-    options = {"queue_name": queue_name}
-    if dsn.backend == "beanstalk":
-        options["result_backend"] = f"sqlite:///{tmp_path / 'results.db'}"
-    return dsn(), options
-
-
-@pytest.fixture
-def gator_args(backend_dsn, queue_name, tmp_path):
-    return args_for(backend_dsn, queue_name, tmp_path)
-
-
-@pytest.fixture
-def shared_gator_args(shared_backend_dsn, queue_name, tmp_path):
-    """The same, for the backends that processes share (all but locmem)."""
-    return args_for(shared_backend_dsn, queue_name, tmp_path)
-
-
-WORKER = (
-    "import sys; from alligator import Gator, Worker; "
-    "dsn, queue, results = sys.argv[1:]; "
-    "Worker(Gator(dsn, queue_name=queue, result_backend=results or None), "
-    "allowed_tasks=['tests.tasks']).run_forever()"
-)
-
-
-def start_worker(dsn: str, options: dict, log_path) -> subprocess.Popen:
-    """A worker of its own, in another process: what it does is seen from this one."""
-    arguments = [dsn, options["queue_name"], options.get("result_backend", "")]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", WORKER, *arguments],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+from .outcome_support import start_worker
+from .servers import kill_process, wait_for
 
 
 def test_status_and_result_through_every_state_from_another_process(shared_gator_args, tmp_path):
@@ -175,7 +135,7 @@ def test_pointers_round_in_a_circle_are_an_error_not_a_hang(beanstalkd, queue_na
         result_backend=results,
     )
     for old, new in (("1", "2"), ("2", "1")):
-        gator.result_backend.store_result(queue_name, old, outcomes.moved(new, 60))
+        gator.result_backend.move(queue_name, old, new, outcomes.moved(new, 60))
     for ask in (gator.status, lambda task_id: gator.result(task_id, timeout=0)):
         with pytest.raises(InvalidTaskError, match="round in a circle"):
             ask("1")

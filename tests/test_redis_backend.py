@@ -1,5 +1,6 @@
 """The Redis backend beyond the shared contract: DSNs, key layout, blocking, leases, faults."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -16,8 +17,10 @@ from alligator.backends import (
     DEAD,
     EXPIRED_LEASE_DEATH,
     FINISHED,
+    HELD,
     INFLIGHT,
     READY,
+    Dependencies,
     Located,
     Outcome,
     Reserved,
@@ -25,6 +28,7 @@ from alligator.backends import (
 from alligator.backends.redis_backend import DONE_MS, Client
 from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
 from alligator.gator import Gator
+from alligator.outcomes import dependency_canceled
 
 from . import tasks
 from .servers import (
@@ -248,7 +252,7 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
     task_ids = set()
     for client in (default, custom):
         for queue_name in queues:
-            ids = [f"{queue_name}-{n}" for n in range(4)]
+            ids = [f"{queue_name}-{n}" for n in range(5)]
             task_ids.update(ids)
             for task_id in ids[:3]:
                 client.push(queue_name, task_id, "payload")
@@ -261,7 +265,10 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
             client.requeue_expired(queue_name)
             client.reserve(queue_name, CONSUMER)
             client.requeue_inflight(queue_name, CONSUMER, death="killed")
-            client.store_result(queue_name, ids[2], Outcome("{}", 60))
+            client.finish(queue_name, ids[2], True, Outcome("{}", 60))
+            # Held on the delayed task, of the same queue: its keys share the queue's slot.
+            depends_on = Dependencies(((queue_name, ids[3]),), 60)
+            client.push(queue_name, ids[4], "payload", depends_on=depends_on)
 
     keys = admin.keys("*")
     assert keys
@@ -280,6 +287,8 @@ def test_every_key_is_under_the_prefix_with_one_hash_tag_per_queue(redis):
     assert "alligator:{emails}:deaths" in keys and "shop:{reports.daily:v2}:deaths" in keys
     assert "alligator:{emails}:result:emails-2" in keys
     assert "shop:{reports.daily:v2}:done:reports.daily:v2-2" in keys
+    assert "alligator:{emails}:held" in keys
+    assert "shop:{reports.daily:v2}:waiters:reports.daily:v2-3" in keys
     # One Redis Cluster slot per queue: its scripts never cross slots.
     assert all(len(slots) == 1 for slots in by_queue.values())
 
@@ -508,17 +517,28 @@ def test_an_ack_keeps_its_outcome_in_the_script_that_ends_the_task(redis, client
     with CommandLog(redis, 0, scripts=True) as sent:
         client.ack(queue_name, "kept", CONSUMER, outcome())  # acked already: keeps nothing
         assert names(sent.read()) == ["EVALSHA", "LREM"]
-        # Without an outcome, an ack runs what it ran before outcomes existed.
+        # Without an outcome, an ack runs what it ran before outcomes existed, and one look
+        # for tasks held on it.
         client.ack(queue_name, "plain", CONSUMER)
-        assert names(sent.read()) == ["EVALSHA", "LREM", "HDEL", "HDEL"]
+        assert names(sent.read()) == ["EVALSHA", "LREM", "HDEL", "HDEL", "EXISTS"]
         client.ack(queue_name, "lost", CONSUMER, outcome(ttl=90))
         commands = sent.read()
     # The task leaves the in-flight list, its record is kept and its waiters woken: one step.
-    assert names(commands) == ["EVALSHA", "LREM", "HDEL", "HDEL", "SET", "LPUSH", "PEXPIRE"]
+    assert names(commands) == [
+        "EVALSHA",
+        "LREM",
+        "HDEL",
+        "HDEL",
+        "SET",
+        "LPUSH",
+        "PEXPIRE",
+        "EXISTS",
+    ]
     assert commands[4] == f'SET {keys.result("lost")} {{"status":1,"value":42}} PX 90000'
     assert commands[5:] == [
         f"LPUSH {keys.done('lost')} 1",
         f"PEXPIRE {keys.done('lost')} {DONE_MS}",
+        f"EXISTS {keys.waiters('lost')}",
     ]
     assert client.result(queue_name, "kept") == '{"status":1,"value":42}'
 
@@ -526,15 +546,15 @@ def test_an_ack_keeps_its_outcome_in_the_script_that_ends_the_task(redis, client
 def test_an_outcome_expires_by_the_ttl_on_its_key(redis, client, queue_name):
     admin = raw(redis)
     keys = client.keys(queue_name)
-    client.store_result(queue_name, "day", outcome(ttl=86400))
+    client.finish(queue_name, "day", True, outcome(ttl=86400))
     assert 86_000_000 < admin.pttl(keys.result("day")) <= 86_400_000
-    client.store_result(queue_name, "forever", outcome(ttl=None))
+    client.finish(queue_name, "forever", True, outcome(ttl=None))
     assert admin.pttl(keys.result("forever")) == -1
     # Stored again without a ttl, a record loses the one it had.
-    client.store_result(queue_name, "day", outcome(ttl=None))
+    client.finish(queue_name, "day", True, outcome(ttl=None))
     assert admin.pttl(keys.result("day")) == -1
     # A tiny ttl still expires (PX 0 is an error; no PX would keep it for ever).
-    client.store_result(queue_name, "tiny", outcome(ttl=0.0001))
+    client.finish(queue_name, "tiny", True, outcome(ttl=0.0001))
     wait_for(lambda: admin.exists(keys.result("tiny")) == 0, timeout=2)
     # The ttl a task's cancel and dead letter give is on its key too.
     client.push(queue_name, "canceled", "payload")
@@ -547,12 +567,12 @@ def test_an_outcome_expires_by_the_ttl_on_its_key(redis, client, queue_name):
 def test_the_done_list_expires_and_a_wait_leaves_no_key(redis, client, queue_name):
     admin = raw(redis)
     keys = client.keys(queue_name)
-    client.store_result(queue_name, "t", outcome(ttl=None))
+    client.finish(queue_name, "t", True, outcome(ttl=None))
     assert admin.lrange(keys.done("t"), 0, -1) == ["1"]
     assert 0 < admin.pttl(keys.done("t")) <= DONE_MS
     # A waiter woken by it passes the token on, with the list's expiry renewed.
     admin.delete(keys.result("t"), keys.done("t"))
-    threading.Timer(0.2, client.store_result, (queue_name, "t", outcome(ttl=None))).start()
+    threading.Timer(0.2, client.finish, (queue_name, "t", True, outcome(ttl=None))).start()
     assert client.result(queue_name, "t", timeout=5) is not None
     assert 0 < admin.pttl(keys.done("t")) <= DONE_MS
     # Waiting for an outcome that never comes writes nothing.
@@ -585,7 +605,7 @@ def test_a_waiting_result_blocks_on_the_server_not_in_a_polling_loop(redis, clie
         message="the result to block on the server",
     )
     stored_at = time.monotonic()
-    Client(dsn_for(redis, prefix=client.prefix)).store_result(queue_name, "t", outcome())
+    Client(dsn_for(redis, prefix=client.prefix)).finish(queue_name, "t", True, outcome())
     waiter.join(10)
     assert got["record"] == '{"status":1,"value":42}'
     # About one round trip; the bound only rules out waiting out a slice or a poll.
@@ -608,7 +628,7 @@ def test_every_waiter_wakes_for_one_outcome(redis, client, queue_name):
         message="every waiter to block on the server",
     )
     stored_at = time.monotonic()
-    client.store_result(queue_name, "t", outcome())
+    client.finish(queue_name, "t", True, outcome())
     for thread in threads:
         thread.join(15)
     assert [record for record, _ in got.values()] == ['{"status":1,"value":42}'] * len(waiters)
@@ -622,7 +642,7 @@ def test_a_waiting_result_survives_a_script_flush(redis, client, queue_name):
     raw(redis).script_flush()  # as after a restart: the script riding with BLPOP is gone
     assert client.result(queue_name, "t", timeout=0.1) is None
     raw(redis).script_flush()
-    threading.Timer(0.3, client.store_result, (queue_name, "t", outcome())).start()
+    threading.Timer(0.3, client.finish, (queue_name, "t", True, outcome())).start()
     assert client.result(queue_name, "t", timeout=5) == '{"status":1,"value":42}'
 
 
@@ -634,7 +654,7 @@ def test_a_push_and_a_dead_letter_requeue_forget_the_outcome_in_their_scripts(
     client.push(queue_name, "warm", "up")  # loads the scripts once
     client.requeue_dead_letters(queue_name)
     client.requeue_dead_letters(queue_name, ["warm"])
-    client.store_result(queue_name, "t", outcome())
+    client.finish(queue_name, "t", True, outcome())
     with CommandLog(redis, 0) as sent:
         client.push(queue_name, "t", "payload")
         assert names(sent.read()) == ["EVALSHA"]
@@ -679,6 +699,101 @@ def test_locate_is_one_script_that_looks_in_each_consumer_list(redis, client, qu
     assert client.locate(queue_name, "t2") == Located(DEAD, "p2")
     client.purge_dead_letters(queue_name)
     assert client.locate(queue_name, "t2") == Located(FINISHED, '{"status":1,"value":42}')
+
+
+# Dependencies.
+
+
+def on(*dependencies, ttl=60.0, elsewhere=False) -> Dependencies:
+    return Dependencies(tuple(dependencies), ttl, elsewhere)
+
+
+def test_a_plain_push_runs_what_it_ran_before_dependencies(redis, client, queue_name):
+    client.push(queue_name, "warm", "up")  # loads the script once
+    with CommandLog(redis, 0, scripts=True) as sent:
+        client.push(queue_name, "t", "payload")
+        commands = names(sent.read())
+    assert commands == ["EVALSHA", "HEXISTS", "HEXISTS", "HSET", "RPUSH", "DEL"]
+
+
+def test_a_held_task_lives_in_the_held_hash_and_the_waiters_lists(redis, client, queue_name):
+    admin = raw(redis)
+    keys = client.keys(queue_name)
+    other_queue = queue_name + "-other"
+    other = client.keys(other_queue)
+    client.push(queue_name, "a", "payload")
+    client.push(other_queue, "b", "payload")
+    client.push(queue_name, "warm", "up", depends_on=on())  # loads the script once
+    with CommandLog(redis, 0) as sent:
+        client.push(
+            queue_name, "c", "payload-c", depends_on=on((queue_name, "a"), (other_queue, "b"))
+        )
+        assert names(sent.read()) == ["EVALSHA"]
+    # Its payload is where every task's is, so a push of its id is refused as any other.
+    assert admin.hget(keys.data, "c") == "payload-c"
+    held = json.loads(admin.hget(keys.held, "c"))
+    assert held == {"pending": 2, "due": "", "ttl": "60000", "token": held["token"]}
+    entry = [queue_name, "c", held["token"]]
+    assert [json.loads(e) for e in admin.lrange(keys.waiters("a"), 0, -1)] == [entry]
+    assert [json.loads(e) for e in admin.lrange(other.waiters("b"), 0, -1)] == [entry]
+    assert client.locate(queue_name, "c") == Located(HELD, "payload-c")
+    client.reserve(queue_name, CONSUMER)  # "warm"
+    client.reserve(queue_name, CONSUMER)  # "a"
+    client.ack(queue_name, "a", CONSUMER)
+    assert json.loads(admin.hget(keys.held, "c"))["pending"] == 1
+    assert admin.exists(keys.waiters("a")) == 0
+    client.reserve(other_queue, CONSUMER)
+    # The ack that ends the last dependency releases the task, in its one script.
+    with CommandLog(redis, 0, scripts=True) as sent:
+        client.ack(other_queue, "b", CONSUMER)
+        commands = sent.read()
+    assert names(commands)[0] == "EVALSHA" and names(commands).count("EVALSHA") == 1
+    assert f"RPUSH {keys.ready} c" in commands
+    assert admin.hlen(keys.held) == 0 and admin.exists(other.waiters("b")) == 0
+    assert client.reserve(queue_name, CONSUMER).task_id == "c"
+
+
+def test_a_task_pushed_again_is_not_released_by_its_canceled_holding(client, queue_name):
+    for task_id in ("a", "b"):
+        client.push(queue_name, task_id, "payload")
+    client.push(queue_name, "c", "payload", depends_on=on((queue_name, "a")))
+    client.cancel(queue_name, "c")  # leaves its entry on the waiters list of "a"
+    client.push(queue_name, "c", "payload", depends_on=on((queue_name, "b")))
+    client.reserve(queue_name, CONSUMER)
+    client.ack(queue_name, "a", CONSUMER)
+    assert client.locate(queue_name, "c").place == HELD
+    client.reserve(queue_name, CONSUMER)
+    client.ack(queue_name, "b", CONSUMER)
+    assert client.locate(queue_name, "c").place == READY
+
+
+def test_a_circle_of_pointers_is_waited_on_not_followed_for_ever(client, queue_name):
+    client.finish(queue_name, "1", True, Outcome('{"status":4,"moved_to":"2"}', 60))
+    client.finish(queue_name, "2", True, Outcome('{"status":4,"moved_to":"1"}', 60))
+    client.push(queue_name, "b", "payload", depends_on=on((queue_name, "1")))
+    assert client.locate(queue_name, "b").place == HELD
+
+
+def test_drop_all_drops_every_held_task_and_names_each_in_the_records(redis, client, queue_name):
+    other_queue = queue_name + "-other"
+    keys = client.keys(queue_name)
+    # More held tasks than one slice of the script, on a dependency that lives elsewhere.
+    for n in range(1500):
+        client.push(queue_name, f"h{n}", "p", depends_on=on((other_queue, "x"), elsewhere=True))
+    odd = 'q"/\\' + b"\xff".decode("utf-8", "surrogateescape")
+    client.push(queue_name, odd, "p")
+    for task_id in ("h7", odd):
+        client.push(other_queue, f"after-{task_id}", "p", depends_on=on((queue_name, task_id)))
+    assert client.len(queue_name) == 1501
+    client.drop_all(queue_name)
+    assert client.len(queue_name) == 0
+    assert raw(redis).hlen(keys.data) == 0 and raw(redis).exists(keys.held) == 0
+    for task_id in ("h7", odd):
+        record = json.loads(client.result(other_queue, f"after-{task_id}"))
+        expected = json.loads(dependency_canceled(queue_name, task_id))
+        assert record["status"] == expected["status"] and record["error"] == expected["error"]
+    assert client.len(other_queue) == 0
+    assert client.finish(other_queue, "x", True, None) == []
 
 
 # Leases, requeues and the lost-reply rescue.

@@ -2,6 +2,7 @@
 its order, its polling and hot path, its outcomes, and its safety across threads, processes
 and fork."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,8 +17,12 @@ import pytest
 
 from alligator.backends import (
     DEAD,
+    DELAYED,
     FINISHED,
+    HELD,
+    INFLIGHT,
     READY,
+    Dependencies,
     Located,
     Outcome,
     Reserved,
@@ -31,7 +36,13 @@ from alligator.backends.sqlite_backend import (
     Settings,
     dsn_settings,
 )
-from alligator.exceptions import BackendError, DuplicateTaskError, InvalidDSNError
+from alligator.constants import CANCELED
+from alligator.exceptions import (
+    BackendError,
+    DuplicateTaskError,
+    InvalidDSNError,
+    UnknownTaskError,
+)
 
 from .servers import wait_for
 
@@ -203,6 +214,9 @@ def test_tables_are_created_on_first_use_with_a_schema_version(db_path, queue_na
         "alligator_results",
         "alligator_results_by_expiry",
         "alligator_tasks_forget_outcome",
+        "alligator_waiters",
+        "alligator_waiters_by_task",
+        "alligator_waiters_by_held",
     } <= names
     client.push(queue_name, "t", "kept")
     client.close()
@@ -290,8 +304,8 @@ def test_a_version_1_file_is_upgraded_in_place(db_path, queue_name):
     conn.close()
 
     client = Client(dsn_for(db_path))
-    assert SCHEMA_VERSION == 3
-    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    assert SCHEMA_VERSION == 4
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
     columns = {
         name: (kind, notnull, default)
         for _, name, kind, notnull, default, _ in rows(
@@ -319,7 +333,7 @@ def test_a_version_1_file_is_upgraded_in_place(db_path, queue_name):
     client.close()
     # Opened again, it is left as it is.
     again = Client(dsn_for(db_path))
-    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
     assert again.len(queue_name) == 0
     again.close()
 
@@ -352,7 +366,7 @@ def test_a_version_2_file_is_upgraded_in_place(db_path, queue_name):
     before = rows(db_path, tasks)
 
     client = Client(dsn_for(db_path))
-    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
     columns = {
         name: (kind, notnull, pk)
         for _, name, kind, notnull, _, pk in rows(db_path, "PRAGMA table_info(alligator_results)")
@@ -370,6 +384,9 @@ def test_a_version_2_file_is_upgraded_in_place(db_path, queue_name):
         "alligator_results": "table",
         "alligator_results_by_expiry": "index",
         "alligator_tasks_forget_outcome": "trigger",
+        "alligator_waiters": "table",
+        "alligator_waiters_by_task": "index",
+        "alligator_waiters_by_held": "index",
         # The automatic indexes of the UNIQUE constraint and of the primary key.
         "sqlite_autoindex_alligator_tasks_1": "index",
         "sqlite_autoindex_alligator_results_1": "index",
@@ -386,8 +403,102 @@ def test_a_version_2_file_is_upgraded_in_place(db_path, queue_name):
     client.close()
     # Opened again, it is left as it is.
     again = Client(dsn_for(db_path))
-    assert rows(db_path, "PRAGMA user_version") == [(3,)]
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
     assert again.len(queue_name) == 2
+    again.close()
+
+
+# The schema of version 3, as Alligator wrote it before it kept dependencies.
+SCHEMA_V3 = (
+    *SCHEMA_V2[:-1],
+    """CREATE TABLE alligator_results (
+        queue TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        record TEXT NOT NULL,
+        expires REAL,
+        PRIMARY KEY (queue, task_id)
+    )""",
+    "CREATE INDEX alligator_results_by_expiry ON alligator_results (expires) "
+    "WHERE expires IS NOT NULL",
+    """CREATE TRIGGER alligator_tasks_forget_outcome AFTER INSERT ON alligator_tasks
+        BEGIN
+            DELETE FROM alligator_results WHERE queue = NEW.queue AND task_id = NEW.task_id;
+        END""",
+    "PRAGMA user_version = 3",
+)
+
+
+def test_a_version_3_file_is_upgraded_in_place(db_path, queue_name):
+    conn = sqlite3.connect(db_path)
+    for statement in SCHEMA_V3:
+        conn.execute(statement)
+    running = (7, queue_name, "running", "p1", "inflight", None, CONSUMER, 1e12)
+    conn.executemany(
+        "INSERT INTO alligator_tasks (seq, queue, task_id, data, state, due, consumer_id, "
+        "expires, error, failed_at, deaths, last_death) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?, ?)",
+        [
+            (-3, queue_name, "requeued", "p0", "ready", None, None, None, None, None, 2, "oom"),
+            (*running, None, None, 0, None),
+            (8, queue_name, "later", "p2", "delayed", 4e9, None, None, None, None, 0, None),
+            (9, queue_name, "dead", "p3", "dead", None, None, None, "boom", 1.0, 0, None),
+            (10, queue_name, b"\xff", "p4", "ready", None, None, None, None, None, 0, None),
+        ],
+    )
+    # A dead letter keeps its outcome; another task finished with one.
+    conn.executemany(
+        "INSERT INTO alligator_results VALUES (?, ?, ?, ?)",
+        [(queue_name, "dead", '{"status":2}', None), (queue_name, "done", '{"status":1}', None)],
+    )
+    conn.commit()
+    conn.close()
+    tasks = (
+        "SELECT seq, queue, task_id, typeof(task_id), data, state, due, consumer_id, expires, "
+        "error, failed_at, deaths, last_death FROM alligator_tasks ORDER BY seq"
+    )
+    outcomes = "SELECT * FROM alligator_results ORDER BY task_id"
+    before, kept = rows(db_path, tasks), rows(db_path, outcomes)
+
+    client = Client(dsn_for(db_path))
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
+    # Every row is copied as it was, its place in the queue and its BLOB id too, and the
+    # copy forgot no outcome.
+    assert rows(db_path, tasks) == before
+    assert rows(db_path, outcomes) == kept
+    columns = {
+        name: (kind, notnull)
+        for _, name, kind, notnull, _, _ in rows(db_path, "PRAGMA table_info(alligator_tasks)")
+    }
+    assert columns["pending"] == ("INTEGER", 0) and columns["cancel_ttl"] == ("REAL", 0)
+    assert columns["deaths"] == ("INTEGER", 1)
+    assert dict(rows(db_path, "SELECT name, type FROM sqlite_master")) == {
+        "alligator_tasks": "table",
+        "alligator_tasks_by_state": "index",
+        "alligator_tasks_by_due": "index",
+        "alligator_results": "table",
+        "alligator_results_by_expiry": "index",
+        "alligator_tasks_forget_outcome": "trigger",
+        "alligator_waiters": "table",
+        "alligator_waiters_by_task": "index",
+        "alligator_waiters_by_held": "index",
+        "sqlite_autoindex_alligator_tasks_1": "index",
+        "sqlite_autoindex_alligator_results_1": "index",
+    }
+    # The tasks of version 3 carry on, and new ones may wait for them.
+    deps = Dependencies(((queue_name, "running"), (queue_name, "done")), 60)
+    client.push(queue_name, "after", "p5", depends_on=deps)
+    assert client.locate(queue_name, "after") == Located(HELD, "p5")
+    assert client.reserve(queue_name, "other") == Reserved("requeued", "p0", 2, "oom")
+    client.ack(queue_name, "running", CONSUMER)
+    assert client.reserve(queue_name, "other").task_id == as_text(b"\xff")
+    assert client.reserve(queue_name, "other").task_id == "after"
+    assert client.result(queue_name, "dead") == '{"status":2}'
+    client.push(queue_name, "done", "again")  # and the trigger forgets its outcome
+    assert client.result(queue_name, "done") is None
+    client.close()
+    again = Client(dsn_for(db_path))
+    assert rows(db_path, "PRAGMA user_version") == [(4,)]
+    assert again.len(queue_name) == 2  # "later" and "done"
     again.close()
 
 
@@ -525,8 +636,8 @@ def test_a_duplicate_id_is_refused_and_changes_nothing(client, db_path, queue_na
     with pytest.raises(DuplicateTaskError) as caught:
         client.push(queue_name, "b", "again", delay_until=time.time() + 60)
     assert str(caught.value) == (
-        f"Queue {queue_name!r} already holds a task with id 'b' (waiting, in flight or "
-        "dead); give the new task an id of its own."
+        f"Queue {queue_name!r} already holds a task with id 'b' (waiting, held, in flight "
+        "or dead); give the new task an id of its own."
     )
     assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
     # A dead letter for a task that was never reserved (no consumer) is a new row too.
@@ -799,13 +910,14 @@ def test_an_outcome_costs_one_transaction_and_locate_one_read(client, queue_name
     assert executed(statements) == ["BEGIN", "DELETE", *kept[1:]]
     statements.clear()
     client.ack(queue_name, "b", "not-its-holder", Outcome('{"status":1}', 60))
-    assert executed(statements) == ["BEGIN", "DELETE", "COMMIT"]  # nothing to keep
+    # Nothing to keep (the second DELETE is the one without the look at the waiters).
+    assert executed(statements) == ["BEGIN", "DELETE", "DELETE", "COMMIT"]
     statements.clear()
     client.add_dead_letter(queue_name, "b", "x", "boom", CONSUMER, Outcome('{"status":2}', 60))
     assert executed(statements) == ["BEGIN", "UPDATE", *kept[1:]]
     statements.clear()
-    client.store_result(queue_name, "elsewhere", Outcome('{"status":1}', 60))
-    assert executed(statements) == kept
+    assert client.finish(queue_name, "elsewhere", True, Outcome('{"status":1}', 60)) == []
+    assert executed(statements) == [*kept[:-1], "SELECT", "COMMIT"]  # and the waiters
     statements.clear()
     assert client.locate(queue_name, "a") == Located(FINISHED, '{"status":1}')
     assert client.locate(queue_name, "b") == Located(DEAD, "x")
@@ -905,13 +1017,13 @@ def test_each_store_sweeps_a_few_expired_outcomes_by_the_index(client, db_path, 
     conn.close()
     expired = "SELECT task_id FROM alligator_results WHERE expires <= ? ORDER BY expires"
 
-    client.store_result(queue_name, "new0", Outcome("{}", 3600))
+    client.finish(queue_name, "new0", True, Outcome("{}", 3600))
     # The oldest SWEEP_LIMIT went, no more: a store's cost does not grow with the backlog.
     assert [name for (name,) in rows(db_path, expired, time.time())] == [
         f"old{n:03}" for n in range(SWEEP_LIMIT, 100)
     ]
     for n in range(1, 100 // SWEEP_LIMIT + 1):
-        client.store_result(queue_name, f"new{n}", Outcome("{}", 3600))
+        client.finish(queue_name, f"new{n}", True, Outcome("{}", 3600))
     assert rows(db_path, expired, time.time()) == []
     assert client.result(queue_name, "alive") == "{}"
     assert client.result(queue_name, "forever") == "{}"
@@ -922,7 +1034,7 @@ def test_each_store_sweeps_a_few_expired_outcomes_by_the_index(client, db_path, 
         client.push(queue_name, f"short{n}", "x")
         client.reserve(queue_name, CONSUMER)
         client.ack(queue_name, f"short{n}", CONSUMER, Outcome("{}", 0))
-        client.store_result(queue_name, f"stored{n}", Outcome("{}", 0))
+        client.finish(queue_name, f"stored{n}", True, Outcome("{}", 0))
         assert len(rows(db_path, expired, time.time())) <= 2
 
     # The sweep finds expired rows through the expiry index, in its order: no scan, no sort.
@@ -946,11 +1058,11 @@ def test_a_waiting_result_looks_again_at_growing_intervals(client, queue_name):
 
     # With no timeout, it waits until the outcome is there, as long as that takes.
     looks.clear()
-    threading.Timer(0.5, client.store_result, (queue_name, "t", Outcome("{}", 60))).start()
+    threading.Timer(0.5, client.finish, (queue_name, "t", True, Outcome("{}", 60))).start()
     assert client.result(queue_name, "t", timeout=None) == "{}"
     with client._connection() as conn:
         conn.set_trace_callback(None)
-    assert 6 <= len(looks) <= 20  # its looks, and the four statements of the store
+    assert 6 <= len(looks) <= 20  # its looks, and the five statements of the finish
 
 
 def test_outcomes_of_ids_that_are_not_utf8(client, db_path, queue_name):
@@ -977,9 +1089,213 @@ def test_outcomes_of_ids_that_are_not_utf8(client, db_path, queue_name):
     )
     conn.commit()
     conn.close()
-    client.store_result(queue_name, as_text(blob_id), Outcome('{"status":2}', 60))
+    client.finish(queue_name, as_text(blob_id), False, Outcome('{"status":2}', 60))
     assert client.requeue_dead_letters(queue_name) == 1
     assert client.result(queue_name, as_text(blob_id)) is None
+
+
+# Dependencies: held rows, a table of waiters, and the ends that settle them.
+
+
+def held_on(*dependencies, ttl=60.0, elsewhere=False) -> Dependencies:
+    return Dependencies(tuple(dependencies), ttl, elsewhere)
+
+
+def test_ending_a_task_nothing_waits_for_costs_no_statement_more(client, queue_name):
+    for task_id in ("a", "b", "c"):
+        client.push(queue_name, task_id, "x")
+    client.push(queue_name, "held", "x", depends_on=held_on((queue_name, "c")))
+    client.reserve(queue_name, CONSUMER)
+    client.reserve(queue_name, CONSUMER)
+    statements: list[str] = []
+    with client._connection() as conn:
+        conn.set_trace_callback(statements.append)
+    client.ack(queue_name, "a", CONSUMER)
+    client.add_dead_letter(queue_name, "b", "x", "boom", CONSUMER)
+    client.add_dead_letter(queue_name, "never-queued", "x", "boom")
+    assert executed(statements) == ["DELETE", "UPDATE", "INSERT"]
+    # "c" has a task held on it: its ack looks (the DELETE that finds waiters and ends
+    # nothing), then ends it and releases "held" in one transaction.
+    client.reserve(queue_name, CONSUMER)
+    statements.clear()
+    client.ack(queue_name, "c", CONSUMER)
+    ran = executed(statements)
+    assert ran[:2] == ["DELETE", "BEGIN"] and ran[-1] == "COMMIT"
+    assert "BEGIN" not in ran[2:] and "COMMIT" not in ran[:-1]
+    assert client.locate(queue_name, "held").place == READY
+    # A push with dependencies is one transaction.
+    statements.clear()
+    client.push(queue_name, "d", "x", depends_on=held_on((queue_name, "held")))
+    ran = executed(statements)
+    assert ran[0] == "BEGIN" and ran[-1] == "COMMIT" and "COMMIT" not in ran[:-1]
+    with client._connection() as conn:
+        conn.set_trace_callback(None)
+
+
+def test_the_waiters_are_found_by_their_indexes(db_path, client):
+    statements = {
+        "the look of an ack": "DELETE FROM alligator_tasks "
+        f"{sqlite_backend._IN_FLIGHT_WITH}{sqlite_backend._NOBODY_WAITS}",
+        "the waiters of a task": sqlite_backend._WAITERS,
+        "the waits of a held task": sqlite_backend._NO_WAITS,
+    }
+    for name, statement in statements.items():
+        params = ["x"] * statement.count("?")
+        plan = [detail for *_, detail in rows(db_path, f"EXPLAIN QUERY PLAN {statement}", *params)]
+        assert any("INDEX alligator_waiters_by_" in step for step in plan), (name, plan)
+        assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan), (
+            name,
+            plan,
+        )
+
+
+ENDS_A_WAITED_TASK = """
+import os, signal, sys
+from alligator.backends.sqlite_backend import Client
+dsn, queue, operation, consumer, kill_at = sys.argv[1:6]
+client = Client(dsn)
+started = []
+
+def trace(statement):
+    started.append(statement)
+    if len(started) == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with client._connection() as conn:
+    conn.set_trace_callback(trace)
+if operation == "ack":
+    client.ack(queue, "a", consumer)
+elif operation == "add_dead_letter":
+    client.add_dead_letter(queue, "a", "payload", "boom", consumer)
+elif operation == "cancel":
+    client.cancel(queue, "a")
+elif operation == "drop_all":
+    client.drop_all(queue)
+else:
+    client.finish(queue, "a", False, None)
+"""
+
+
+def dependency_rows(path: Path) -> list[list[tuple]]:
+    return [
+        rows(path, "SELECT queue, task_id, state, pending FROM alligator_tasks ORDER BY seq"),
+        rows(path, "SELECT queue, task_id FROM alligator_results ORDER BY queue, task_id"),
+        rows(path, "SELECT * FROM alligator_waiters ORDER BY rowid"),
+    ]
+
+
+@pytest.mark.parametrize("operation", ["ack", "add_dead_letter", "cancel", "drop_all", "finish"])
+def test_a_task_ends_with_the_tasks_held_on_it_settled_or_not_at_all(
+    client, db_path, queue_name, operation
+):
+    other = queue_name + "-other"
+    if operation == "finish":  # "a" lives in another backend
+        deps = held_on((queue_name, "a"), elsewhere=True)
+    else:
+        client.push(queue_name, "a", "payload")
+        deps = held_on((queue_name, "a"))
+    client.push(queue_name, "b", "payload", depends_on=deps)
+    client.push(other, "c", "payload", depends_on=held_on((queue_name, "b")))
+    if operation in ("ack", "add_dead_letter"):
+        client.reserve(queue_name, CONSUMER)
+    before = dependency_rows(db_path)
+    # Killed as its 1st, 2nd, ... statement starts, until one run is not: the file shows
+    # the tasks as they were, or the end and everything it settles; nothing in between.
+    for kill_at in range(1, 40):
+        process = run_python(
+            ENDS_A_WAITED_TASK, dsn_for(db_path), queue_name, operation, CONSUMER, str(kill_at)
+        )
+        if process.wait(timeout=30) == 0:
+            break
+        assert process.returncode == -signal.SIGKILL
+        assert dependency_rows(db_path) == before, kill_at
+    assert kill_at > 3  # it took a transaction
+    tasks, outcomes, waiters = dependency_rows(db_path)
+    if operation == "ack":
+        # Released to the back: behind "c", pushed before its release.
+        assert tasks == [(other, "c", "held", 1), (queue_name, "b", "ready", None)]
+        assert outcomes == []
+        assert waiters == [(queue_name, "b", other, "c")]
+        return
+    dead = [(queue_name, "a", "dead", None)] if operation == "add_dead_letter" else []
+    assert tasks == dead and waiters == []
+    canceled = [(other, "c")] if operation == "drop_all" else [(queue_name, "b"), (other, "c")]
+    assert outcomes == sorted(canceled)
+    # Named by the task whose end canceled it: "a", or "b" that drop_all dropped.
+    ended = "b" if operation == "drop_all" else "a"
+    record = json.loads(client.result(other, "c"))
+    assert record["status"] == CANCELED and f"task {ended} of queue" in record["error"]
+
+
+def test_a_held_task_canceled_leaves_no_waits_behind(client, db_path, queue_name):
+    client.push(queue_name, "a", "x")
+    client.push(queue_name, "x", "x")
+    client.push(queue_name, "b", "first", depends_on=held_on((queue_name, "a")))
+    assert client.cancel(queue_name, "b") == "first"
+    assert rows(db_path, "SELECT count(*) FROM alligator_waiters") == [(0,)]
+    # A new task under the id, held on something else, is not counted down by "a".
+    client.push(queue_name, "b", "second", depends_on=held_on((queue_name, "x")))
+    run_next(client, queue_name, "a")
+    assert client.locate(queue_name, "b") == Located(HELD, "second")
+    run_next(client, queue_name, "x")
+    assert client.locate(queue_name, "b") == Located(READY, "second")
+    assert rows(db_path, "SELECT count(*) FROM alligator_waiters") == [(0,)]
+
+
+def run_next(client, queue_name, task_id):
+    reserved = client.reserve(queue_name, CONSUMER)
+    assert reserved is not None and reserved.task_id == task_id
+    client.ack(queue_name, task_id, CONSUMER)
+
+
+def test_what_a_kept_outcome_says_of_a_dependency(client, queue_name):
+    records = {
+        "succeeded": '{"status":1}',
+        "failed": '{"status":2,"error":"x"}',
+        "canceled": '{"status":5,"error":"x"}',
+        "odd": '{"status":3}',
+        "garbled": "not json",
+        "moved": '{"status":4,"moved_to":"succeeded"}',
+        "circle1": '{"status":4,"moved_to":"circle2"}',
+        "circle2": '{"status":4,"moved_to":"circle1"}',
+    }
+    for task_id, record in records.items():
+        client.finish(queue_name, task_id, True, Outcome(record, 60))
+    for task_id in ("succeeded", "moved"):
+        client.push(queue_name, f"after-{task_id}", "x", depends_on=held_on((queue_name, task_id)))
+        assert client.locate(queue_name, f"after-{task_id}").place == READY
+    for task_id in ("failed", "canceled"):
+        client.push(queue_name, f"after-{task_id}", "x", depends_on=held_on((queue_name, task_id)))
+        record = json.loads(client.result(queue_name, f"after-{task_id}"))
+        assert record["status"] == CANCELED and f"task {task_id} " in record["error"]
+    # A record that says none of these is no news of the task: unknown, or waited for.
+    for task_id in ("odd", "garbled"):
+        with pytest.raises(UnknownTaskError, match=task_id):
+            client.push(queue_name, "after", "x", depends_on=held_on((queue_name, task_id)))
+        elsewhere = held_on((queue_name, task_id), elsewhere=True)
+        client.push(queue_name, f"after-{task_id}", "x", depends_on=elsewhere)
+        assert client.locate(queue_name, f"after-{task_id}").place == HELD
+    # Pointers in a circle end the walk: the task waits.
+    client.push(queue_name, "after-circle", "x", depends_on=held_on((queue_name, "circle1")))
+    assert client.locate(queue_name, "after-circle").place == HELD
+    assert client.locate(queue_name, "after") is None
+
+
+def test_a_released_task_joins_the_back_or_its_delayed_tasks(client, queue_name):
+    client.push(queue_name, "a", "x")
+    soon = time.time() + 0.3
+    client.push(queue_name, "late", "x", soon, depends_on=held_on((queue_name, "a")))
+    client.push(queue_name, "now", "x", depends_on=held_on((queue_name, "a")))
+    client.push(queue_name, "next", "x")
+    run_next(client, queue_name, "a")
+    assert client.locate(queue_name, "late").place == DELAYED
+    assert client.locate(queue_name, "now").place == READY
+    # Released after "next" was pushed, "now" comes after it; "late" when it is due.
+    assert client.reserve(queue_name, CONSUMER).task_id == "next"
+    assert client.reserve(queue_name, CONSUMER).task_id == "now"
+    reserved = client.reserve(queue_name, CONSUMER, timeout=5)
+    assert reserved.task_id == "late" and time.time() >= soon
+    assert client.locate(queue_name, "late").place == INFLIGHT
 
 
 # Concurrency: threads sharing a client, processes sharing a file, fork.

@@ -137,6 +137,18 @@ def test_serialize_round_trip():
     assert hooks.CALLS == [("start", "abc", DELAYED)]
 
 
+def test_dependencies_name_a_task_by_its_queue_once_pushed(gator):
+    pushed = gator.task(tasks.add, 1, 2)
+    task = Task(depends_on=[pushed, "same-queue-id", ("reports", "r1"), ["emails", "e1"], 7])
+    expected = [(gator.queue_name, pushed.task_id), "same-queue-id", ("reports", "r1")]
+    assert task.depends_on == [*expected, ("emails", "e1"), "7"]
+    task.to_call(tasks.add, 1, 2)
+    assert Task.deserialize(task.serialize()).depends_on == task.depends_on
+    for bad in (("reports",), ("reports", 1), ("a", "b", "c")):
+        with pytest.raises(InvalidTaskError, match="a .queue_name, task_id. pair"):
+            Task(depends_on=[bad])
+
+
 def test_deserialize_reads_the_documented_async_key():
     data = json.dumps(
         {

@@ -38,11 +38,39 @@ A backend that keeps results (``keeps_results``) keeps, per queue and task id, t
 of how a task ended (an ``Outcome``: JSON the Gator writes and reads back) for its ``ttl``:
 ``ack``, ``add_dead_letter`` and ``cancel`` store the outcome they are given in the same
 atomic step that ends the task, so that no crash can leave a task gone and its outcome
-untold; ``store_result`` stores one on its own (for a Gator whose queue lives elsewhere,
-e.g. on beanstalkd, which keeps none). ``result`` reads it back, waiting for it up to a
-timeout (blocking on the server where it can); ``locate`` says where a task is: ready,
-delayed, in flight, dead, or finished with a kept outcome. A ``push`` of an id, and a
+untold; ``finish`` stores one on its own (for a Gator whose queue lives elsewhere, e.g. on
+beanstalkd, which keeps none). ``result`` reads it back, waiting for it up to a timeout
+(blocking on the server where it can); ``locate`` says where a task is: ready, delayed,
+held, in flight, dead, or finished with a kept outcome. A ``push`` of an id, and a
 ``requeue_dead_letters`` that brings one back, forget its old outcome.
+
+A backend that keeps results also keeps dependencies. A task pushed with ``depends_on`` (a
+``Dependencies``) is *held*: stored, counted by ``len``, found by ``locate`` (``HELD``) and
+removed by ``cancel`` and ``drop_all``, but never reserved, until every task it depends on
+succeeded. The push looks at each dependency (in its own queue, of this backend) in the
+same atomic step as it stores the task:
+
+- waiting (ready, delayed, held) or in flight: the task waits for it;
+- finished with a kept ``SUCCESS`` outcome: done;
+- dead, or finished with a kept ``FAILED`` or ``CANCELED`` outcome: the task is canceled at
+  once: it is not stored, and its ``CANCELED`` outcome (``outcomes.dependency_canceled``) is kept
+  for ``Dependencies.ttl``;
+- sent on to a new id by its kept outcome (a pointer ``move`` keeps): that id, in turn;
+- unknown: ``UnknownTaskError``, and nothing is stored; unless ``Dependencies.elsewhere``
+  says the dependencies live in another backend, whose ends ``finish`` tells: then the
+  task waits for it.
+
+A task with nothing to wait for joins the back of its queue (or its delayed tasks, until
+its ``delay_until``). The end of a task settles the tasks held on it in the same atomic
+step: ``ack`` counts it done for each, and releases those with nothing left to wait for;
+``add_dead_letter``, ``cancel`` and ``drop_all`` cancel each, and the tasks held on those
+in turn, keeping for each the same ``CANCELED`` record (naming the task that ended) for
+its own ttl. For tasks whose queue lives in another backend, ``finish`` does either at
+their end, ``move`` carries the tasks held on an id over to a new one, and ``hand_over``
+takes a released task out of flight (to push it there) with the tasks held on it kept. A
+dependency may live in another queue of the same backend. ``retry``,
+``requeue_inflight`` and ``requeue_expired`` settle nothing: the task has not ended.
+``requeue_dead_letters`` brings back a task, not the tasks its failure canceled.
 
 Task ids are unique within a queue: pushing an id that is waiting, in flight or dead in
 that queue raises ``DuplicateTaskError`` (a backend that assigns its own ids never does).
@@ -87,6 +115,8 @@ EXPIRED_LEASE_DEATH = "its worker stopped renewing its lease (it died, or hung)"
 
 #: Where ``locate`` finds a task.
 READY, DELAYED, INFLIGHT, DEAD, FINISHED = "ready", "delayed", "inflight", "dead", "finished"
+#: Where ``locate`` finds a task held until its dependencies succeed.
+HELD = "held"
 
 
 @dataclass(frozen=True)
@@ -105,10 +135,30 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Dependencies:
+    """
+    What a task pushed with them waits for: each task that must succeed first, as
+    ``(queue_name, task_id)`` (``on``, distinct); and how long to keep the task's own
+    ``CANCELED`` outcome should one of them fail or be canceled (``ttl``, as
+    ``Outcome.ttl``; ``0``: keep none). With ``elsewhere``, they live in another backend
+    (their queue is on beanstalkd), which ``finish`` tells of their ends: one this backend
+    does not know is waited for, not refused.
+
+    Ex::
+
+        Dependencies((('emails', 'a1'), ('reports', 'b2')), ttl=86400)
+    """
+
+    on: tuple[tuple[str, str], ...]
+    ttl: float | None
+    elsewhere: bool = False
+
+
+@dataclass(frozen=True)
 class Located:
     """
-    Where a task is (``READY``, ``DELAYED``, ``INFLIGHT``, ``DEAD`` or ``FINISHED``), and
-    its payload, or its outcome's record when it finished.
+    Where a task is (``READY``, ``DELAYED``, ``HELD``, ``INFLIGHT``, ``DEAD`` or
+    ``FINISHED``), and its payload, or its outcome's record when it finished.
 
     Ex::
 
@@ -169,27 +219,39 @@ class Client:
     #: True when the server itself returns a consumer's in-flight tasks once its connection
     #: closes (beanstalkd): another client then cannot settle them for a dead consumer.
     server_requeues_dead_consumers: bool = False
+    #: True for a backend that stores each push, and each retry, under an id of its own
+    #: (beanstalkd): it then offers ``make_ready``.
+    assigns_ids: bool = False
     #: False for a backend that keeps no outcomes (beanstalkd): its ``outcome`` arguments
-    #: must be ``None``, and ``store_result``/``result`` are not there to call.
+    #: must be ``None``, it takes no ``depends_on``, and ``finish``, ``move``,
+    #: ``hand_over`` and ``result`` are not there to call.
     keeps_results: bool = True
 
     def __init__(self, conn_string: str) -> None:
         self.conn_string = conn_string
 
     def push(
-        self, queue_name: str, task_id: str, data: str, delay_until: float | None = None
+        self,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        delay_until: float | None = None,
+        depends_on: Dependencies | None = None,
     ) -> str:
         """
-        Adds a task at the back of the queue, or holds it until ``delay_until``. It starts
-        with no deaths counted, even under the id of a task that is gone.
+        Adds a task at the back of the queue, or holds it until ``delay_until``, or until
+        its dependencies succeeded (see the module). It starts with no deaths counted, even
+        under the id of a task that is gone.
 
         Ex::
 
             task_id = client.push('emails', task.task_id, task.serialize())
 
         :param delay_until: Epoch seconds before which the task must not be reserved
+        :param depends_on: The tasks that must succeed first (a backend that keeps results)
         :returns: The task id the backend stores it under (a backend may assign its own)
-        :raises DuplicateTaskError: The id is already waiting, in flight or dead here
+        :raises DuplicateTaskError: The id is already waiting, held, in flight or dead here
+        :raises UnknownTaskError: A dependency is unknown here (nothing was stored)
         """
         raise NotImplementedError
 
@@ -222,8 +284,9 @@ class Client:
     ) -> None:
         """
         Removes a finished task from ``consumer_id``'s in-flight set, for good, with its
-        count of deaths, and keeps its ``outcome`` (if given) in the same step. Does nothing
-        if ``consumer_id`` does not hold it.
+        count of deaths, and keeps its ``outcome`` (if given) and releases the tasks held
+        on it (see the module) in the same step. Does nothing if ``consumer_id`` does not
+        hold it.
 
         Ex::
 
@@ -313,8 +376,8 @@ class Client:
 
     def cancel(self, queue_name: str, task_id: str, outcome: Outcome | None = None) -> str | None:
         """
-        Removes a ready or delayed task before it runs, with its count of deaths, and keeps
-        its ``outcome`` (if given) in the same step.
+        Removes a ready, delayed or held task before it runs, with its count of deaths, and
+        keeps its ``outcome`` (if given) and cancels the tasks held on it in the same step.
 
         Ex::
 
@@ -327,7 +390,7 @@ class Client:
 
     def len(self, queue_name: str) -> int:
         """
-        Counts the tasks waiting in a queue: ready and delayed, not in flight or dead.
+        Counts the tasks waiting in a queue: ready, delayed and held, not in flight or dead.
 
         Ex::
 
@@ -337,8 +400,9 @@ class Client:
 
     def drop_all(self, queue_name: str) -> None:
         """
-        Removes every ready and delayed task of a queue, with their counts of deaths.
-        In-flight tasks and dead letters stay, and so do the counts of in-flight tasks.
+        Removes every ready, delayed and held task of a queue, with their counts of deaths,
+        and cancels the tasks held on them. In-flight tasks and dead letters stay, and so
+        do the counts of in-flight tasks.
 
         Ex::
 
@@ -356,8 +420,8 @@ class Client:
         outcome: Outcome | None = None,
     ) -> None:
         """
-        Stores a failed task in the queue's dead-letter store with its error text, and keeps
-        its ``outcome`` (if given).
+        Stores a failed task in the queue's dead-letter store with its error text, keeps
+        its ``outcome`` (if given) and cancels the tasks held on it.
 
         With ``consumer_id``, the task leaves that consumer's in-flight set, and its count of
         deaths goes, in the same step; nothing happens (and nothing is kept) if that consumer
@@ -405,14 +469,53 @@ class Client:
         """
         raise NotImplementedError
 
-    def store_result(self, queue_name: str, task_id: str, outcome: Outcome) -> None:
+    def finish(
+        self, queue_name: str, task_id: str, succeeded: bool, outcome: Outcome | None
+    ) -> list[str]:
         """
-        Keeps a task's outcome on its own, for a task whose queue lives in another backend;
-        wakes whoever waits for it in ``result``.
+        Tells of the end of a task whose queue lives in another backend (beanstalkd, which
+        keeps no outcomes): keeps its ``outcome`` (if given), wakes whoever waits for it in
+        ``result``, and releases (``succeeded``) or cancels the tasks held on it, in one
+        step, as ``ack`` or ``add_dead_letter`` would.
 
         Ex::
 
-            results.store_result('emails', '1042', Outcome(record, 86400))
+            results.finish('emails', '1042', True, Outcome(record, 86400))
+
+        :returns: The queues where held tasks were released to their queue, sorted
+        """
+        raise NotImplementedError
+
+    def move(self, queue_name: str, old_id: str, new_id: str, outcome: Outcome | None) -> None:
+        """
+        For a task whose queue lives in another backend, which gave it a new id (a retry
+        on beanstalkd): keeps ``outcome`` (a pointer to the new id, if given) under the old
+        id, and carries the tasks held on the old id over to the new one, in one step.
+
+        Ex::
+
+            results.move('emails', '1042', '1043', Outcome(pointer, 86400))
+        """
+        raise NotImplementedError
+
+    def hand_over(
+        self,
+        queue_name: str,
+        task_id: str,
+        consumer_id: str,
+        new_id: str,
+        outcome: Outcome | None,
+    ) -> None:
+        """
+        Takes a task ``consumer_id`` holds out of flight, for good, because it now waits in
+        another backend under ``new_id`` (a held task, released, pushed to its queue on
+        beanstalkd): unlike ``ack``, the tasks held on it stay held, now on ``new_id``; and
+        ``outcome`` (a pointer to the new id, if given; never when the id stays) is kept
+        under the old id; in one step. Does nothing if ``consumer_id`` does not hold it.
+
+        Ex::
+
+            results.hand_over('emails', 'a1', consumer_id, '1044', Outcome(pointer, 86400))
         """
         raise NotImplementedError
 
@@ -431,8 +534,8 @@ class Client:
 
     def locate(self, queue_name: str, task_id: str) -> Located | None:
         """
-        Where a task is, in one atomic look: ``READY``, ``DELAYED``, ``INFLIGHT`` or
-        ``DEAD`` (with its payload), or ``FINISHED`` (with its outcome's record).
+        Where a task is, in one atomic look: ``READY``, ``DELAYED``, ``HELD``, ``INFLIGHT``
+        or ``DEAD`` (with its payload), or ``FINISHED`` (with its outcome's record).
 
         Ex::
 
@@ -440,6 +543,19 @@ class Client:
 
         :returns: A ``Located``, or ``None`` for a task the backend does not know (never
             pushed, gone with no outcome kept, or whose outcome expired)
+        """
+        raise NotImplementedError
+
+    def make_ready(self, queue_name: str, task_id: str) -> None:
+        """
+        Makes a delayed task ready at once; does nothing for one that is not delayed.
+        Offered by a backend that assigns ids (``assigns_ids``): a Gator pushes a task there
+        delayed, learns its id, carries what waits on it over to that id in its result
+        backend, and only then lets workers take it.
+
+        Ex::
+
+            client.make_ready('emails', '1043')
         """
         raise NotImplementedError
 

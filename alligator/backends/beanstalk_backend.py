@@ -63,6 +63,7 @@ from . import (
     INFLIGHT,
     READY,
     DeadLetter,
+    Dependencies,
     Located,
     Outcome,
     Reserved,
@@ -152,6 +153,7 @@ class Client(BaseClient):
     """
 
     server_requeues_dead_consumers = True
+    assigns_ids = True
     keeps_results = False
 
     def __init__(self, conn_string: str) -> None:
@@ -334,10 +336,17 @@ class Client(BaseClient):
     # The contract.
 
     def push(
-        self, queue_name: str, task_id: str, data: str, delay_until: float | None = None
+        self,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        delay_until: float | None = None,
+        depends_on: Dependencies | None = None,
     ) -> str:
         """
-        Puts a job in the tube; ``task_id`` is not used, beanstalkd assigns the id.
+        Puts a job in the tube; ``task_id`` is not used, beanstalkd assigns the id. It
+        takes no ``depends_on``: a Gator keeps the dependencies of a beanstalkd queue's
+        tasks in its result backend.
 
         Ex::
 
@@ -345,6 +354,10 @@ class Client(BaseClient):
 
         :returns: The job id beanstalkd assigned, as a string
         """
+        if depends_on is not None:
+            raise NotImplementedError(
+                "beanstalkd keeps no dependencies; give the Gator a result_backend to keep them."
+            )
         tube = self._tube(queue_name)
         body = _body(data)
         delay = _delay_seconds(delay_until)
@@ -576,6 +589,27 @@ class Client(BaseClient):
                 return None  # Reserved by another consumer in the meantime.
             self._hold(job.id, queue_name, consumer_id)
         return Reserved(str(job.id), _text(job.body))
+
+    def make_ready(self, queue_name: str, task_id: str) -> None:
+        """
+        Makes a delayed job of the tube ready at once (``kick-job``); does nothing for a
+        job that is not delayed there.
+
+        Ex::
+
+            client.make_ready('emails', '1043')
+        """
+        tube = self._tube(queue_name)
+        job_id = _job_id(task_id)
+        if job_id is None:
+            return
+        with self._session() as conn:
+            if not self._waits_in(conn, job_id, tube):
+                return
+            try:
+                conn.kick_job(job_id)
+            except greenstalk.NotFoundError:
+                pass  # ready already, and maybe taken
 
     def cancel(self, queue_name: str, task_id: str, outcome: Outcome | None = None) -> str | None:
         """

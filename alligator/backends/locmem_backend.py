@@ -9,6 +9,11 @@ condition variable, not a sleep loop.
 Delivery: FIFO within a queue; at-least-once within the process (in-flight tasks return
 to the front on ``requeue_inflight`` or when their consumer's lease expires).
 
+Dependencies: a held task waits in its queue's ``held`` dict with the count of tasks it
+still waits for; the tasks held on a task are listed under its id in its queue's
+``waiters``. Every step happens under the store's one lock, so a task's end and the release
+(or cancel) of the tasks held on it are one step.
+
 Deaths: each queue keeps, in a dict beside its tasks, the deaths counted for a task (by
 ``requeue_inflight`` with a ``death``, and by ``requeue_expired``) and the latest reason;
 a task that leaves the queue takes its entry with it, and ``retry`` and
@@ -17,20 +22,25 @@ a task that leaves the queue takes its entry with it, and ``retry`` and
 
 import heapq
 import itertools
+import json
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..exceptions import DuplicateTaskError
+from ..constants import SUCCESS
+from ..exceptions import DuplicateTaskError, UnknownTaskError
+from ..outcomes import dependency_canceled
 from . import (
     DEAD,
     DELAYED,
     EXPIRED_LEASE_DEATH,
     FINISHED,
+    HELD,
     INFLIGHT,
     READY,
     DeadLetter,
+    Dependencies,
     Located,
     Outcome,
     Reserved,
@@ -38,6 +48,16 @@ from . import (
     storable_text,
 )
 from . import Client as BaseClient
+
+
+@dataclass
+class _Held:
+    """A task held until its dependencies succeed."""
+
+    data: str
+    pending: int  # dependencies not yet succeeded
+    delay_until: float | None
+    ttl: float | None  # of its outcome, should a dependency fail
 
 
 @dataclass
@@ -49,6 +69,9 @@ class _Queue:
     dead: OrderedDict = field(default_factory=OrderedDict)  # task_id -> DeadLetter
     deaths: dict = field(default_factory=dict)  # task_id -> (deaths, last death); none: 0
     results: dict = field(default_factory=dict)  # task_id -> (record, monotonic expiry|None)
+    held: dict = field(default_factory=dict)  # task_id -> _Held
+    # task_id -> [(queue, task_id, _Held) of each task held on it]
+    waiters: dict = field(default_factory=dict)
 
 
 class _Store:
@@ -86,20 +109,110 @@ class Client(BaseClient):
         self.lease = dsn_options(conn_string, {"lease": 60.0})["lease"]
         self._store = _store_for(conn_string)
 
-    def push(self, queue_name, task_id, data, delay_until=None):
+    def push(self, queue_name, task_id, data, delay_until=None, depends_on=None):
         store = self._store
         with store.changed:
             queue = store.queue(queue_name)
-            if any(task_id in held for held in (queue.ready, queue.delayed_data, queue.inflight)):
+            waiting = (queue.ready, queue.delayed_data, queue.held, queue.inflight)
+            if any(task_id in tasks for tasks in waiting):
                 raise DuplicateTaskError(f"Task {task_id!r} is already in queue {queue_name!r}.")
             if task_id in queue.dead:
                 raise DuplicateTaskError(
                     f"Task {task_id!r} is in the dead-letter store of queue {queue_name!r}."
                 )
             queue.results.pop(task_id, None)
-            self._add(queue, task_id, data, delay_until)
+            if depends_on is None:
+                self._add(queue, task_id, data, delay_until)
+            else:
+                self._hold(queue_name, task_id, data, delay_until, depends_on)
             store.changed.notify_all()
         return task_id
+
+    def _hold(
+        self,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        delay_until: float | None,
+        depends_on: Dependencies,
+    ) -> None:
+        """Stores a task pushed with dependencies: held, ready, or canceled at once."""
+        pending = []
+        for dependency in depends_on.on:
+            found = self._dependency(*dependency, depends_on.elsewhere)
+            if found is None:
+                raise UnknownTaskError(task_id, dependency)
+            if found == "failed":
+                record = dependency_canceled(*dependency)
+                queue = self._store.queue(queue_name)
+                self._keep(queue, task_id, _outcome(record, depends_on.ttl))
+                return
+            if found != "done":
+                pending.append(found)
+        queue = self._store.queue(queue_name)
+        if not pending:
+            self._add(queue, task_id, data, delay_until)
+            return
+        held = queue.held[task_id] = _Held(data, len(pending), delay_until, depends_on.ttl)
+        for dep_queue, dep_id in pending:
+            self._store.queue(dep_queue).waiters.setdefault(dep_id, []).append(
+                (queue_name, task_id, held)
+            )
+
+    def _dependency(
+        self, queue_name: str, task_id: str, elsewhere: bool
+    ) -> tuple[str, str] | str | None:
+        """
+        What a dependency is: ``(queue, id)`` to wait for (its id may be one a pointer
+        sent it on to), ``"done"``, ``"failed"``, or ``None`` when unknown.
+        """
+        seen = set()
+        while (queue_name, task_id) not in seen:
+            seen.add((queue_name, task_id))
+            queue = self._store.queue(queue_name)
+            waiting = (queue.ready, queue.delayed_data, queue.held, queue.inflight)
+            if any(task_id in tasks for tasks in waiting):
+                return queue_name, task_id
+            if task_id in queue.dead:
+                return "failed"
+            record = self._kept(queue, task_id)
+            if record is None:
+                return (queue_name, task_id) if elsewhere else None
+            fields = json.loads(record)
+            if "moved_to" not in fields:
+                return "done" if fields.get("status") == SUCCESS else "failed"
+            task_id = fields["moved_to"]
+        return queue_name, task_id
+
+    def _settle_held(self, queue_name: str, task_id: str, succeeded: bool) -> set[str]:
+        """
+        Releases (``succeeded``) or cancels, with the tasks held on them in turn, the tasks
+        held on a task that ended; returns the queues where it released some.
+        """
+        released = set()
+        record = None if succeeded else dependency_canceled(queue_name, task_id)
+        ended = [(queue_name, task_id)]
+        while ended:
+            end_queue, end_id = ended.pop()
+            waiters = self._store.queue(end_queue).waiters.pop(end_id, ())
+            for held_queue_name, held_id, held in waiters:
+                held_queue = self._store.queue(held_queue_name)
+                if held_queue.held.get(held_id) is not held:
+                    continue  # canceled meanwhile (and maybe pushed again, held on others)
+                if succeeded:
+                    held.pending -= 1
+                    if held.pending == 0:
+                        del held_queue.held[held_id]
+                        self._add(held_queue, held_id, held.data, held.delay_until)
+                        released.add(held_queue_name)
+                    continue
+                del held_queue.held[held_id]
+                held_queue.deaths.pop(held_id, None)
+                self._keep(held_queue, held_id, _outcome(record, held.ttl))
+                ended.append((held_queue_name, held_id))
+        if released:
+            self._store.changed.notify_all()
+        return released
 
     def _keep(self, queue: _Queue, task_id: str, outcome: Outcome | None) -> None:
         if outcome is not None:
@@ -171,6 +284,7 @@ class Client(BaseClient):
             if self._release(queue, task_id, consumer_id):
                 queue.deaths.pop(task_id, None)
                 self._keep(queue, task_id, outcome)
+                self._settle_held(queue_name, task_id, succeeded=True)
 
     def retry(self, queue_name, task_id, consumer_id, data, delay_until=None):
         with self._store.changed:
@@ -229,24 +343,31 @@ class Client(BaseClient):
         with self._store.changed:
             queue = self._store.queue(queue_name)
             data = self._remove_waiting(queue, task_id)
+            if data is None and task_id in queue.held:
+                data = queue.held.pop(task_id).data
             if data is not None:
                 queue.deaths.pop(task_id, None)
                 self._keep(queue, task_id, outcome)
+                self._settle_held(queue_name, task_id, succeeded=False)
             return data
 
     def len(self, queue_name):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            return len(queue.ready) + len(queue.delayed_data)
+            return len(queue.ready) + len(queue.delayed_data) + len(queue.held)
 
     def drop_all(self, queue_name):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            for task_id in itertools.chain(queue.ready, queue.delayed_data):
+            dropped = list(itertools.chain(queue.ready, queue.delayed_data, queue.held))
+            for task_id in dropped:
                 queue.deaths.pop(task_id, None)
             queue.ready.clear()
             queue.delayed.clear()
             queue.delayed_data.clear()
+            queue.held.clear()
+            for task_id in dropped:
+                self._settle_held(queue_name, task_id, succeeded=False)
 
     def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None, outcome=None):
         with self._store.changed:
@@ -257,6 +378,7 @@ class Client(BaseClient):
                 queue.deaths.pop(task_id, None)
             queue.dead[task_id] = DeadLetter(task_id, data, storable_text(error), time.time())
             self._keep(queue, task_id, outcome)
+            self._settle_held(queue_name, task_id, succeeded=False)
 
     def list_dead_letters(self, queue_name):
         with self._store.changed:
@@ -283,9 +405,26 @@ class Client(BaseClient):
             queue.dead.clear()
             return count
 
-    def store_result(self, queue_name, task_id, outcome):
+    def finish(self, queue_name, task_id, succeeded, outcome):
         with self._store.changed:
             self._keep(self._store.queue(queue_name), task_id, outcome)
+            return sorted(self._settle_held(queue_name, task_id, succeeded))
+
+    def move(self, queue_name, old_id, new_id, outcome):
+        with self._store.changed:
+            self._move(self._store.queue(queue_name), old_id, new_id, outcome)
+
+    def _move(self, queue: _Queue, old_id: str, new_id: str, outcome: Outcome | None) -> None:
+        self._keep(queue, old_id, outcome)
+        if new_id != old_id and old_id in queue.waiters:
+            queue.waiters.setdefault(new_id, []).extend(queue.waiters.pop(old_id))
+
+    def hand_over(self, queue_name, task_id, consumer_id, new_id, outcome):
+        with self._store.changed:
+            queue = self._store.queue(queue_name)
+            if self._release(queue, task_id, consumer_id):
+                queue.deaths.pop(task_id, None)
+                self._move(queue, task_id, new_id, outcome)
 
     def result(self, queue_name, task_id, timeout=0.0):
         store = self._store
@@ -302,15 +441,22 @@ class Client(BaseClient):
     def locate(self, queue_name, task_id):
         with self._store.changed:
             queue = self._store.queue(queue_name)
-            for place, held in (
+            for place, tasks in (
                 (READY, queue.ready),
                 (DELAYED, queue.delayed_data),
             ):
-                if task_id in held:
-                    return Located(place, held[task_id])
+                if task_id in tasks:
+                    return Located(place, tasks[task_id])
+            if task_id in queue.held:
+                return Located(HELD, queue.held[task_id].data)
             if task_id in queue.inflight:
                 return Located(INFLIGHT, queue.inflight[task_id][1])
             if task_id in queue.dead:
                 return Located(DEAD, queue.dead[task_id].data)
             record = self._kept(queue, task_id)
             return None if record is None else Located(FINISHED, record)
+
+
+def _outcome(record: str, ttl: float | None) -> Outcome | None:
+    """A kept record with a held task's ttl (none to keep for a ttl of 0)."""
+    return None if ttl == 0 else Outcome(record, ttl)

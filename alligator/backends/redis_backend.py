@@ -20,8 +20,8 @@ Delivery semantics:
   ``retry`` or ``add_dead_letter`` takes it out. A task is never dropped between steps:
   every step that moves it is one Redis command or one Lua script.
 - **One task per id.** Task ids are unique within a queue: ``push`` of an id that is
-  waiting, in flight or dead there raises ``DuplicateTaskError`` (checked inside the push
-  script, so it costs no round trip).
+  waiting, held, in flight or dead there raises ``DuplicateTaskError`` (checked inside the
+  push script, so it costs no round trip).
 - **Only the holder settles.** ``ack``, ``retry`` and ``add_dead_letter`` with a consumer id
   first take the id out of that consumer's in-flight list; when it is not there (its lease
   ran out and the task went back to the queue) they change nothing.
@@ -54,24 +54,44 @@ Delivery semantics:
   field in the script that moves or removes the task, so a new push of an id starts at 0.
 - **Outcomes.** ``ack``, ``add_dead_letter`` and ``cancel`` given an ``Outcome`` keep its
   record in the script that ends the task (and only when it does end it), so no crash can
-  leave a task gone and its outcome untold; without one they run exactly what they ran
-  before. The record lives in a string key with its ttl as a PX, so Redis itself expires
-  it; ``store_result`` keeps one on its own, in one script. Each keep also pushes a token on
-  the task's done list (which expires a minute later): ``result`` waits on the server with
+  leave a task gone and its outcome untold; without one they keep nothing. The record
+  lives in a string key with its ttl as a PX, so Redis itself expires it; ``finish`` keeps
+  one on its own, in one script. Each keep also pushes a token on the task's done list
+  (which expires a second later): ``result`` waits on the server with
   BLPOP on that list, in slices as short as an idle reserve's, reading the record in the
   same round trip; a waiter that finds the record puts the token back for the next one, so
   every waiter wakes. ``locate`` is one script: a payload in ``data`` is delayed (in the
-  sorted set), in flight (found with LPOS in the in-flight list of one of the ``consumers``,
-  never by scanning the ready list) or else ready; then the dead hash; then the kept
-  outcome. A place wins over a kept outcome. ``push`` and ``requeue_dead_letters`` delete
-  an id's old outcome and done list in their scripts.
+  sorted set), held (in the held hash), in flight (found with LPOS in the in-flight list of
+  one of the ``consumers``, never by scanning the ready list) or else ready; then the dead
+  hash; then the kept outcome. A place wins over a kept outcome. ``push`` and
+  ``requeue_dead_letters`` delete an id's old outcome and done list in their scripts.
+- **Dependencies.** A push with ``depends_on`` is one script (a plain push runs the one it
+  always ran) that looks at each dependency in order: its payload in its queue's ``data``
+  (waiting, held or in flight): wait; a dead letter: failed; a kept outcome: a pointer
+  (``moved_to``) is followed (at most 100 hops, then its last id is waited for), status 1 is
+  done and any other failed; nothing: ``UnknownTaskError`` and nothing stored (with
+  ``elsewhere``: wait). A failed one stores nothing and keeps the task's ``CANCELED``
+  record (naming that dependency; built in Python) at once. Else the task is held: its
+  payload in ``data`` (so its id is taken), its entry in ``held`` counting the distinct ids
+  it waits for, and ``[queue, id, token]`` on each one's ``waiters`` list; the token names
+  this push. ``ack``, ``add_dead_letter``, ``cancel``, ``drop_all`` and ``finish`` settle
+  the tasks held on what they end in their own script, which for a task nothing is held on
+  costs one EXISTS. A release, once a task's count reaches 0, puts its id at the back of
+  its queue's ready list (or its delayed set, while it is not yet due), in the order the
+  tasks were pushed; a cancel deletes the held task, keeps for it the ``CANCELED`` record
+  the call built (naming the task that ended) with its own ttl, as any keep, and goes on
+  down the tasks held on it. An entry whose task is not held under its token (canceled
+  meanwhile, maybe pushed again since) is skipped. ``move`` and ``hand_over`` carry a
+  waiters list over to the new id. ``retry`` and the requeues settle nothing.
 
 Key layout, for queue ``q`` (every key starts with ``prefix:{q}:`` — one Redis Cluster hash
-tag per queue, so each script touches a single slot)::
+tag per queue, so each script touches a single slot, except where a task depends on one of
+another queue: the scripts build that queue's key names from the prefix, and on Redis
+Cluster a task's dependencies must be in its own queue)::
 
     prefix:{q}:ready             list        ids ready to run, the next one first
     prefix:{q}:delayed           sorted set  delayed ids, scored by due time (epoch seconds)
-    prefix:{q}:data              hash        id -> payload (ready, delayed and in flight)
+    prefix:{q}:data              hash        id -> payload (ready, delayed, held, in flight)
     prefix:{q}:inflight:<cid>    list        ids consumer <cid> holds, newest first
     prefix:{q}:lease:<cid>       string      present while <cid>'s lease runs
     prefix:{q}:consumers         set         consumer ids that may hold tasks
@@ -82,7 +102,13 @@ tag per queue, so each script touches a single slot)::
     prefix:{q}:result:<id>       string      the record of task <id>'s kept outcome,
                                              expiring after its ttl (none: kept for ever)
     prefix:{q}:done:<id>         list        wake-up tokens for ``result`` waiters of <id>;
-                                             expires a minute after its last token
+                                             expires a second after its last token
+    prefix:{q}:held              hash        id -> JSON of a held task: pending (ids it
+                                             still waits for), due ('' for none), ttl (ms
+                                             of its CANCELED outcome, '' for ever, '0'
+                                             none) and the token of its push
+    prefix:{q}:waiters:<id>      list        JSON [queue, id, token] of each task held on
+                                             <id>, in the order they were pushed
 
 Connection and timeout errors raise ``BackendError`` with the redis-py error as its cause.
 A client is safe to share between threads.
@@ -96,6 +122,7 @@ changed, and no call fails because of them. This works with and without hiredis.
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -106,10 +133,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
+from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError, UnknownTaskError
+from ..outcomes import dependency_canceled
 from . import (
     EXPIRED_LEASE_DEATH,
     DeadLetter,
+    Dependencies,
     Located,
     Outcome,
     Reserved,
@@ -153,6 +182,9 @@ MAX_DB_DIGITS = 10
 #: a token matters only to a waiter blocked, or about to block, as the outcome arrives, and
 #: a list per finished task must not linger in a busy server's memory.
 DONE_MS = 1_000
+#: Pointers (``moved_to``) a push follows from a dependency's id before it stops and waits
+#: for the last id it reached: a circle of pointers must not loop for ever.
+MAX_HOPS = 100
 
 # Shared by the scripts: the server's clock, in epoch seconds.
 _NOW = """
@@ -217,8 +249,87 @@ end
 """
 )
 
+# Decodes JSON stored by any program: nil for text that is not JSON, never an error (a
+# script that fails halfway keeps the writes it made).
+_DECODED = """
+local function decoded(text)
+  local ok, value = pcall(cjson.decode, text)
+  if ok and type(value) == 'table' then return value end
+  return nil
+end
+"""
+
+# Settles the tasks held on a task that ended, in the script that ends it (needs now, keep
+# and decoded). ``waiters`` is the ended task's list of [queue, id, token] entries, each a
+# task held on it; an entry whose task is not held, or held under another push's token (it
+# was canceled, maybe pushed again since), is stale and skipped. With ``succeeded``, each
+# held task counts one dependency done and, with none left, joins the back of its queue (or
+# its delayed set, until its due time). Without, each is canceled: its payload goes, and
+# ``record`` is kept for it with its own ttl ('0': none), and so on down the tasks held on
+# it (an explicit stack: no recursion). Returns the queues where tasks were released. Other
+# queues' key names are built from ``prefix``: on Redis Cluster they may be in other slots.
+_SETTLE = """
+local function settle(prefix, waiters, succeeded, record)
+  local released, in_released = {}, {}
+  local stack = {waiters}
+  while #stack > 0 do
+    local key = table.remove(stack)
+    local entries = redis.call('LRANGE', key, 0, -1)
+    redis.call('DEL', key)
+    for _, text in ipairs(entries) do
+      local entry = decoded(text) or {}
+      local queue, id = tostring(entry[1]), tostring(entry[2])
+      local base = prefix .. ':{' .. queue .. '}:'
+      local held = entry[3] and decoded(redis.call('HGET', base .. 'held', id) or '')
+      if held and held['token'] == entry[3] then
+        if not succeeded then
+          redis.call('HDEL', base .. 'held', id)
+          redis.call('HDEL', base .. 'data', id)
+          redis.call('HDEL', base .. 'deaths', id)
+          if held['ttl'] ~= '0' then
+            keep(base .. 'result:' .. id, base .. 'done:' .. id, record, held['ttl'])
+          end
+          stack[#stack + 1] = base .. 'waiters:' .. id
+        elseif held['pending'] > 1 then
+          held['pending'] = held['pending'] - 1
+          redis.call('HSET', base .. 'held', id, cjson.encode(held))
+        else
+          redis.call('HDEL', base .. 'held', id)
+          if held['due'] ~= '' and tonumber(held['due']) > now() then
+            redis.call('ZADD', base .. 'delayed', held['due'], id)
+          else
+            redis.call('RPUSH', base .. 'ready', id)
+          end
+          if not in_released[queue] then
+            in_released[queue] = true
+            released[#released + 1] = queue
+          end
+        end
+      end
+    end
+  end
+  return released
+end
+"""
+
+# Everything a script that ends a task needs to settle the tasks held on it.
+_ENDS = _NOW + _KEEP + _DECODED + _SETTLE
+
+# Carries the tasks held on one id over to another (same queue), behind those already
+# there.
+_CARRY = """
+local function carry(from, to)
+  if redis.call('EXISTS', to) == 0 then
+    if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) end
+  else
+    while redis.call('LMOVE', from, to, 'LEFT', 'RIGHT') do end
+  end
+end
+"""
+
 # KEYS: ready, delayed, data, dead, result, done. ARGV: id, payload, due ('' for none).
-# Returns 1, or 0 when the id is waiting or in flight (its payload is stored), -1 when dead.
+# Returns 1, or 0 when the id is waiting, held or in flight (its payload is stored), -1 when
+# dead.
 # A new task under an id forgets the outcome (and the wake-ups) of the last one.
 _PUSH = (
     _ENQUEUE
@@ -227,6 +338,75 @@ if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return -1 end
 enqueue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 redis.call('DEL', KEYS[5], KEYS[6])
+return 1
+"""
+)
+
+# A push with dependencies. KEYS: ready, delayed, data, dead, result, done, held. ARGV: id,
+# payload, due ('' for none), prefix, the queue's name, the ttl ms of a CANCELED outcome
+# ('' for ever, '0' none), this push's token, '1' when unknown dependencies are waited for
+# (they live elsewhere), then per dependency its queue, its id and the CANCELED record that
+# names it. Each dependency, in order: its payload in its queue's data hash (waiting, held or
+# in flight) means wait; a dead letter, fail; else its kept outcome: a pointer (moved_to) is
+# followed, status 1 means done, any other, fail; nothing kept, unknown (or wait). The first
+# fail keeps its record for the task (which is not stored) and returns 2; the first unknown
+# returns -1 - its position (1 for the first) and stores nothing. Else the task is held,
+# with an entry on the waiters list of each distinct id it waits for, or queued when it
+# waits for none; returns 1. 0 and -1: as for _PUSH. The outcome the id kept before goes.
+_PUSH_HELD = (
+    _ENQUEUE
+    + _KEEP
+    + _DECODED
+    + """
+local id, prefix, token = ARGV[1], ARGV[4], ARGV[7]
+if redis.call('HEXISTS', KEYS[3], id) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[4], id) == 1 then return -1 end
+local waits, seen = {}, {}
+local position = 0
+for i = 9, #ARGV, 3 do
+  position = position + 1
+  local queue, dep, state = ARGV[i], ARGV[i + 1], 'wait'
+  for _ = 1, """
+    + str(MAX_HOPS)
+    + """ do
+    local base = prefix .. ':{' .. queue .. '}:'
+    if redis.call('HEXISTS', base .. 'data', dep) == 1 then break end
+    if redis.call('HEXISTS', base .. 'dead', dep) == 1 then state = 'failed' break end
+    -- This push forgets the task's own old outcome: it cannot count as its dependency.
+    local record = (queue ~= ARGV[5] or dep ~= id) and redis.call('GET', base .. 'result:' .. dep)
+    if not record then
+      if ARGV[8] ~= '1' then return -1 - position end
+      break
+    end
+    local fields = decoded(record) or {}
+    local moved = fields['moved_to']
+    if type(moved) ~= 'string' and type(moved) ~= 'number' then
+      state = fields['status'] == 1 and 'done' or 'failed'
+      break
+    end
+    dep = tostring(moved)
+  end
+  if state == 'failed' then
+    redis.call('DEL', KEYS[5], KEYS[6])
+    if ARGV[6] ~= '0' then keep(KEYS[5], KEYS[6], ARGV[i + 2], ARGV[6]) end
+    return 2
+  end
+  local waiters = prefix .. ':{' .. queue .. '}:waiters:' .. dep
+  if state == 'wait' and not seen[waiters] then
+    seen[waiters] = true
+    waits[#waits + 1] = waiters
+  end
+end
+redis.call('DEL', KEYS[5], KEYS[6])
+if #waits == 0 then
+  enqueue(KEYS[1], KEYS[2], KEYS[3], id, ARGV[2], ARGV[3])
+  return 1
+end
+redis.call('HSET', KEYS[3], id, ARGV[2])
+local held = {pending = #waits, due = ARGV[3], ttl = ARGV[6], token = token}
+redis.call('HSET', KEYS[7], id, cjson.encode(held))
+local entry = cjson.encode({ARGV[5], id, token})
+for _, waiters in ipairs(waits) do redis.call('RPUSH', waiters, entry) end
 return 1
 """
 )
@@ -275,15 +455,25 @@ return {id, data, redis.call('HGET', KEYS[5], id)}
 """
 )
 
-# KEYS: inflight, data, deaths, then result and done with an outcome. ARGV: id, then the
-# outcome's record and ttl ms ('' for none). Without an outcome it runs what it always did.
+# KEYS: inflight, data, deaths, waiters, then result and done with an outcome. ARGV: id,
+# prefix, then the outcome's record and ttl ms ('' for none). For a task nothing is held on,
+# all it does more than before dependencies existed is the EXISTS of its waiters list: the
+# settling functions are built only for a task something is held on.
 _ACK = (
     _KEEP
     + """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
-  if KEYS[4] then keep(KEYS[4], KEYS[5], ARGV[2], ARGV[3]) end
+  if KEYS[5] then keep(KEYS[5], KEYS[6], ARGV[3], ARGV[4]) end
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+"""
+    + _NOW
+    + _DECODED
+    + _SETTLE
+    + """
+    settle(ARGV[2], KEYS[4], true)
+  end
   return 1
 end
 return 0
@@ -376,29 +566,44 @@ return {data, redis.call('HGET', KEYS[7], ARGV[1])}
 """
 )
 
-# KEYS: ready, delayed, data, deaths, then result and done with an outcome. ARGV: id, then
-# the outcome's record and ttl ms ('' for none). The outcome is kept only for a task that
-# was waiting, with a payload.
+# KEYS: ready, delayed, data, deaths, held, waiters, then result and done with an outcome.
+# ARGV: id, prefix, the CANCELED record for the tasks held on it, then the outcome's record
+# and ttl ms ('' for none). The outcome is kept, and the tasks held on it canceled, only for
+# a task that was waiting or held, with a payload.
 _CANCEL = (
-    _KEEP
+    _ENDS
     + """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 and redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0
+    and redis.call('HDEL', KEYS[5], ARGV[1]) == 0 then
   return nil
 end
 local data = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-if data and KEYS[5] then keep(KEYS[5], KEYS[6], ARGV[2], ARGV[3]) end
+if data then
+  if KEYS[7] then keep(KEYS[7], KEYS[8], ARGV[4], ARGV[5]) end
+  if redis.call('EXISTS', KEYS[6]) == 1 then settle(ARGV[2], KEYS[6], false, ARGV[3]) end
+end
 return data
 """
 )
 
-# KEYS: ready, delayed, data, deaths. In slices: Lua's unpack() has a small argument limit.
-_DROP_ALL = """
+# KEYS: ready, delayed, data, deaths, held. ARGV: prefix, the queue's key base
+# ('prefix:{q}:'), and the CANCELED record naming a dropped task, cut in two where its id
+# goes (JSON-escaped here). In slices: Lua's unpack() has a small argument limit. Tasks held
+# on the dropped ones are canceled once every task is dropped, so that those of this queue
+# are dropped, not canceled.
+_DROP_ALL = (
+    _ENDS
+    + """
+local ended = {}
 local function forget(ids)
   if #ids > 0 then
     redis.call('HDEL', KEYS[3], unpack(ids))
     redis.call('HDEL', KEYS[4], unpack(ids))
+    for _, id in ipairs(ids) do
+      if redis.call('EXISTS', ARGV[2] .. 'waiters:' .. id) == 1 then ended[#ended + 1] = id end
+    end
   end
   return #ids
 end
@@ -406,15 +611,24 @@ local start = 0
 while forget(redis.call('LRANGE', KEYS[1], start, start + 999)) > 0 do start = start + 1000 end
 start = 0
 while forget(redis.call('ZRANGE', KEYS[2], start, start + 999)) > 0 do start = start + 1000 end
-redis.call('DEL', KEYS[1], KEYS[2])
+local held = redis.call('HKEYS', KEYS[5])
+for first = 1, #held, 1000 do
+  forget({unpack(held, first, math.min(first + 999, #held))})
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[5])
+for _, id in ipairs(ended) do
+  local record = ARGV[3] .. string.sub(cjson.encode(id), 2, -2) .. ARGV[4]
+  settle(ARGV[1], ARGV[2] .. 'waiters:' .. id, false, record)
+end
 return 1
 """
+)
 
-# KEYS: inflight, data, dead order, dead, deaths, then result and done with an outcome.
-# ARGV: id, record, '1' when a consumer holds it, then the outcome's record and ttl ms ('' for
-# none).
+# KEYS: inflight, data, dead order, dead, deaths, waiters, then result and done with an
+# outcome. ARGV: id, record, '1' when a consumer holds it, prefix, the CANCELED record for
+# the tasks held on it, then the outcome's record and ttl ms ('' for none).
 _ADD_DEAD_LETTER = (
-    _KEEP
+    _ENDS
     + """
 if ARGV[3] == '1' then
   -- Not held by this consumer (its lease ran out and the task went back): leave it be.
@@ -425,7 +639,8 @@ end
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-if KEYS[6] then keep(KEYS[6], KEYS[7], ARGV[4], ARGV[5]) end
+if KEYS[7] then keep(KEYS[7], KEYS[8], ARGV[6], ARGV[7]) end
+if redis.call('EXISTS', KEYS[6]) == 1 then settle(ARGV[4], KEYS[6], false, ARGV[5]) end
 return 1
 """
 )
@@ -466,11 +681,43 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return n
 """
 
-# KEYS: result, done. ARGV: record, ttl ms ('' for none).
-_STORE_RESULT = (
-    _KEEP
+# The end of a task whose queue lives elsewhere. KEYS: result, done, waiters. ARGV: prefix,
+# '1' when it succeeded, the CANCELED record for the tasks held on it ('' when it
+# succeeded), then the outcome's record and ttl ms ('' for none). Returns the queues where
+# held tasks were released.
+_FINISH = (
+    _ENDS
     + """
-keep(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if ARGV[4] then keep(KEYS[1], KEYS[2], ARGV[4], ARGV[5]) end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {} end
+return settle(ARGV[1], KEYS[3], ARGV[2] == '1', ARGV[3])
+"""
+)
+
+# KEYS: old waiters, new waiters, then result and done of the old id with an outcome. ARGV:
+# the outcome's record and ttl ms ('' for none).
+_MOVE = (
+    _KEEP
+    + _CARRY
+    + """
+if KEYS[3] then keep(KEYS[3], KEYS[4], ARGV[1], ARGV[2]) end
+if KEYS[1] ~= KEYS[2] then carry(KEYS[1], KEYS[2]) end
+return 1
+"""
+)
+
+# KEYS: inflight, data, deaths, old waiters, new waiters, then result and done of the old id
+# with an outcome. ARGV: id, then the outcome's record and ttl ms ('' for none). Like an ack,
+# but the tasks held on the task stay held, on its new id.
+_HAND_OVER = (
+    _KEEP
+    + _CARRY
+    + """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if KEYS[6] then keep(KEYS[6], KEYS[7], ARGV[2], ARGV[3]) end
+if KEYS[4] ~= KEYS[5] then carry(KEYS[4], KEYS[5]) end
 return 1
 """
 )
@@ -493,15 +740,17 @@ return record
 """
 )
 
-# KEYS: delayed, data, consumers, dead, result. ARGV: id, the queue's key base
-# ('prefix:{q}:'). Returns {place, payload or record}, or nil. A task with a payload is in
-# flight when some consumer's in-flight list holds it (the consumers set names those lists,
-# built here under the queue's hash tag), delayed when the sorted set holds it, else ready.
+# KEYS: delayed, data, consumers, dead, result, held. ARGV: id, the queue's key base
+# ('prefix:{q}:'). Returns {place, payload or record}, or nil. A task with a payload is
+# delayed when the sorted set holds it, held when the held hash does, in flight when some
+# consumer's in-flight list holds it (the consumers set names those lists, built here under
+# the queue's hash tag), else ready.
 _LOCATE = """
 local id = ARGV[1]
 local data = redis.call('HGET', KEYS[2], id)
 if data then
   if redis.call('ZSCORE', KEYS[1], id) then return {'delayed', data} end
+  if redis.call('HEXISTS', KEYS[6], id) == 1 then return {'held', data} end
   for _, consumer in ipairs(redis.call('SMEMBERS', KEYS[3])) do
     if redis.call('LPOS', ARGV[2] .. 'inflight:' .. consumer, id) then
       return {'inflight', data}
@@ -530,6 +779,7 @@ class _Keys:
         self.deaths = base + "deaths"
         self.dead_order = base + "dead:order"
         self.dead = base + "dead"
+        self.held = base + "held"
 
     def inflight(self, consumer_id: str) -> str:
         return f"{self.base}inflight:{consumer_id}"
@@ -542,6 +792,9 @@ class _Keys:
 
     def done(self, task_id: str) -> str | bytes:
         return _wire(f"{self.base}done:{task_id}")
+
+    def waiters(self, task_id: str) -> str | bytes:
+        return _wire(f"{self.base}waiters:{task_id}")
 
 
 def _deaths(value: str | None) -> tuple[int, str]:
@@ -573,6 +826,12 @@ def _ttl_ms(ttl: float | None) -> str:
 def _outcome_args(outcome: Outcome) -> list[str | bytes]:
     """An outcome as the scripts take it: its record, and its ttl in ms (``''``: none)."""
     return [_wire(outcome.record), _ttl_ms(outcome.ttl)]
+
+
+def _canceled_ttl_ms(ttl: float | None) -> str:
+    """A held task's ``Dependencies.ttl`` as the scripts take it: ``'0'`` to keep no
+    ``CANCELED`` outcome, else as ``_ttl_ms``."""
+    return "0" if ttl is not None and ttl <= 0 else _ttl_ms(ttl)
 
 
 def _wire(text: str) -> str | bytes:
@@ -672,6 +931,7 @@ class Client(BaseClient):
         settings, self.where = _connection_settings(conn_string, parts, options)
         self.lease = float(options["lease"])
         self.prefix = str(options["prefix"])
+        self._wired_prefix = _wire(self.prefix)
         self.socket_timeout = float(options["socket_timeout"])
         self._lease_ms = max(1, int(min(self.lease, MAX_LEASE) * 1000))
         # Every wait on the server ends well inside the socket timeout (or it would read
@@ -702,7 +962,10 @@ class Client(BaseClient):
         self._add_dead_letter = register(_ADD_DEAD_LETTER)
         self._requeue_dead_letters = register(_REQUEUE_DEAD_LETTERS)
         self._purge_dead_letters = register(_PURGE_DEAD_LETTERS)
-        self._store_result = register(_STORE_RESULT)
+        self._push_held = register(_PUSH_HELD)
+        self._finish = register(_FINISH)
+        self._move = register(_MOVE)
+        self._hand_over = register(_HAND_OVER)
         self._after_wake = register(_AFTER_WAKE)
         self._locate = register(_LOCATE)
         # What this client handed out and not yet settled, per (queue, consumer); and the
@@ -756,7 +1019,7 @@ class Client(BaseClient):
                 if not held:
                     del self._held[owner]
 
-    def push(self, queue_name, task_id, data, delay_until=None):
+    def push(self, queue_name, task_id, data, delay_until=None, depends_on=None):
         keys = self.keys(queue_name)
         due = "" if delay_until is None else repr(float(delay_until))
         push_keys = [
@@ -767,10 +1030,19 @@ class Client(BaseClient):
             keys.result(task_id),
             keys.done(task_id),
         ]
+        push_args = [_wire(task_id), _wire(data), due]
+        if depends_on is None:
+            script = self._push
+        else:
+            script = self._push_held
+            push_keys.append(keys.held)
+            push_args += self._dependency_args(queue_name, depends_on)
         stored = self._call(
             f"store task {task_id} in queue {queue_name!r}",
-            lambda: self._push(keys=push_keys, args=[_wire(task_id), _wire(data), due]),
+            lambda: script(keys=push_keys, args=push_args),
         )
+        if depends_on is not None and stored <= -2:
+            raise UnknownTaskError(task_id, depends_on.on[-stored - 2])
         if stored == 0:
             raise DuplicateTaskError(
                 f"Task {task_id!r} is already waiting or in flight in queue {queue_name!r}; "
@@ -782,6 +1054,22 @@ class Client(BaseClient):
                 "purge the dead letters first, or give the new task an id of its own."
             )
         return task_id
+
+    def _dependency_args(self, queue_name: str, depends_on: Dependencies) -> list[str | bytes]:
+        """The push script's arguments after the task's own: see ``_PUSH_HELD``."""
+        args = [
+            self._wired_prefix,
+            _wire(queue_name),
+            _canceled_ttl_ms(depends_on.ttl),
+            # Tells this push's entries on waiters lists from those of an earlier holding
+            # of the same id that was canceled (and left them behind).
+            secrets.token_hex(8),
+            "1" if depends_on.elsewhere else "0",
+        ]
+        for dep_queue, dep_id in depends_on.on:
+            record = dependency_canceled(dep_queue, dep_id)
+            args += [_wire(dep_queue), _wire(dep_id), _wire(record)]
+        return args
 
     def reserve(self, queue_name, consumer_id, timeout=0.0, poll_interval=0.1):
         keys = self.keys(queue_name)
@@ -872,8 +1160,8 @@ class Client(BaseClient):
     def ack(self, queue_name, task_id, consumer_id, outcome=None):
         keys = self.keys(queue_name)
         owner = (queue_name, consumer_id)
-        ack_keys = [keys.inflight(consumer_id), keys.data, keys.deaths]
-        ack_args = [_wire(task_id)]
+        ack_keys = [keys.inflight(consumer_id), keys.data, keys.deaths, keys.waiters(task_id)]
+        ack_args = [_wire(task_id), self._wired_prefix]
         if outcome is not None:
             ack_keys += [keys.result(task_id), keys.done(task_id)]
             ack_args += _outcome_args(outcome)
@@ -968,8 +1256,16 @@ class Client(BaseClient):
 
     def cancel(self, queue_name, task_id, outcome=None):
         keys = self.keys(queue_name)
-        cancel_keys = [keys.ready, keys.delayed, keys.data, keys.deaths]
-        cancel_args = [_wire(task_id)]
+        cancel_keys = [
+            keys.ready,
+            keys.delayed,
+            keys.data,
+            keys.deaths,
+            keys.held,
+            keys.waiters(task_id),
+        ]
+        record = dependency_canceled(queue_name, task_id)
+        cancel_args = [_wire(task_id), self._wired_prefix, _wire(record)]
         if outcome is not None:
             cancel_keys += [keys.result(task_id), keys.done(task_id)]
             cancel_args += _outcome_args(outcome)
@@ -985,15 +1281,21 @@ class Client(BaseClient):
             pipe = self._redis.pipeline(transaction=True)
             pipe.llen(keys.ready)
             pipe.zcard(keys.delayed)
+            pipe.hlen(keys.held)
             return sum(pipe.execute())
 
         return self._call(f"count the tasks of queue {queue_name!r}", count)
 
     def drop_all(self, queue_name):
         keys = self.keys(queue_name)
+        drop_keys = [keys.ready, keys.delayed, keys.data, keys.deaths, keys.held]
+        # The record naming a dropped task, with a mark where the script puts each one's id.
+        mark = secrets.token_hex(16)
+        head, _, tail = dependency_canceled(queue_name, mark).partition(mark)
+        drop_args = [self._wired_prefix, _wire(keys.base), _wire(head), _wire(tail)]
         self._call(
             f"empty queue {queue_name!r}",
-            lambda: self._drop_all(keys=[keys.ready, keys.delayed, keys.data, keys.deaths]),
+            lambda: self._drop_all(keys=drop_keys, args=drop_args),
         )
 
     def add_dead_letter(self, queue_name, task_id, data, error, consumer_id=None, outcome=None):
@@ -1013,8 +1315,15 @@ class Client(BaseClient):
             keys.dead_order,
             keys.dead,
             keys.deaths,
+            keys.waiters(task_id),
         ]
-        dead_args = [_wire(task_id), _wire(record), "0" if consumer_id is None else "1"]
+        dead_args = [
+            _wire(task_id),
+            _wire(record),
+            "0" if consumer_id is None else "1",
+            self._wired_prefix,
+            _wire(dependency_canceled(queue_name, task_id)),
+        ]
         if outcome is not None:
             dead_keys += [keys.result(task_id), keys.done(task_id)]
             dead_args += _outcome_args(outcome)
@@ -1060,13 +1369,50 @@ class Client(BaseClient):
             lambda: self._purge_dead_letters(keys=[keys.dead_order, keys.dead]),
         )
 
-    def store_result(self, queue_name, task_id, outcome):
+    def finish(self, queue_name, task_id, succeeded, outcome):
         keys = self.keys(queue_name)
+        finish_keys = [keys.result(task_id), keys.done(task_id), keys.waiters(task_id)]
+        record = "" if succeeded else dependency_canceled(queue_name, task_id)
+        finish_args = [self._wired_prefix, "1" if succeeded else "0", _wire(record)]
+        if outcome is not None:
+            finish_args += _outcome_args(outcome)
+        released = self._call(
+            f"finish task {task_id} of queue {queue_name!r}",
+            lambda: self._finish(keys=finish_keys, args=finish_args),
+        )
+        return sorted(released)
+
+    def move(self, queue_name, old_id, new_id, outcome):
+        keys = self.keys(queue_name)
+        move_keys = [keys.waiters(old_id), keys.waiters(new_id)]
+        move_args = []
+        if outcome is not None:
+            move_keys += [keys.result(old_id), keys.done(old_id)]
+            move_args += _outcome_args(outcome)
         self._call(
-            f"store the outcome of task {task_id} of queue {queue_name!r}",
-            lambda: self._store_result(
-                keys=[keys.result(task_id), keys.done(task_id)], args=_outcome_args(outcome)
-            ),
+            f"move task {old_id} of queue {queue_name!r} to id {new_id}",
+            lambda: self._move(keys=move_keys, args=move_args),
+        )
+
+    def hand_over(self, queue_name, task_id, consumer_id, new_id, outcome):
+        keys = self.keys(queue_name)
+        owner = (queue_name, consumer_id)
+        hand_keys = [
+            keys.inflight(consumer_id),
+            keys.data,
+            keys.deaths,
+            keys.waiters(task_id),
+            keys.waiters(new_id),
+        ]
+        hand_args = [_wire(task_id)]
+        if outcome is not None:
+            hand_keys += [keys.result(task_id), keys.done(task_id)]
+            hand_args += _outcome_args(outcome)
+        self._settle(owner, task_id)
+        self._call(
+            f"hand task {task_id} of queue {queue_name!r} over as {new_id}",
+            lambda: self._hand_over(keys=hand_keys, args=hand_args),
+            owner,
         )
 
     def result(self, queue_name, task_id, timeout=0.0):
@@ -1114,7 +1460,14 @@ class Client(BaseClient):
         found = self._call(
             f"locate task {task_id} of queue {queue_name!r}",
             lambda: self._locate(
-                keys=[keys.delayed, keys.data, keys.consumers, keys.dead, keys.result(task_id)],
+                keys=[
+                    keys.delayed,
+                    keys.data,
+                    keys.consumers,
+                    keys.dead,
+                    keys.result(task_id),
+                    keys.held,
+                ],
                 args=[_wire(task_id), _wire(keys.base)],
             ),
         )

@@ -18,7 +18,7 @@ push survives a process crash; with ``synchronous=normal`` the last commits befo
 cut may be lost, with ``synchronous=full`` they are not.
 
 Task ids are unique within a queue (a UNIQUE constraint): pushing an id that is waiting,
-in flight or dead there raises ``DuplicateTaskError``. ``ack``, ``retry`` and
+held, in flight or dead there raises ``DuplicateTaskError``. ``ack``, ``retry`` and
 ``add_dead_letter`` change a row only while it is in flight and held by the consumer that
 calls them.
 
@@ -30,14 +30,23 @@ one statement, without looking first.
 Outcomes (``keeps_results``) live in a table of their own, one row per queue and task id.
 ``ack``, ``add_dead_letter`` and ``cancel`` keep the outcome they are given in the write
 transaction that ends the task: no crash leaves the task gone and its outcome untold, or
-an outcome kept for a task still there. Without an outcome, ``ack`` stays one
-autocommitted statement. An outcome past its TTL is absent to every read; each store
-deletes the oldest few expired ones (at most ``SWEEP_LIMIT``, found by an index), so the
-table does not grow with outcomes nobody reads, and a store costs the same whatever its
-size. A push forgets an id's old outcome within its own INSERT (a trigger does it), a
-``requeue_dead_letters`` within its transaction. ``locate`` is one SELECT. As for
-``reserve``, a waiting ``result`` polls: one indexed read per look, 5 ms apart at first,
-doubling to ``RESULT_POLL_INTERVAL`` (0.1 s).
+an outcome kept for a task still there. Without an outcome, ``ack`` of a task nothing
+waits for stays one autocommitted statement. An outcome past its TTL is absent to every
+read; each store deletes the oldest few expired ones (at most ``SWEEP_LIMIT``, found by an
+index), so the table does not grow with outcomes nobody reads, and a store costs the same
+whatever its size. A push forgets an id's old outcome within its own INSERT (a trigger
+does it), a ``requeue_dead_letters`` within its transaction. ``locate`` is one SELECT. As
+for ``reserve``, a waiting ``result`` polls: one indexed read per look, 5 ms apart at
+first, doubling to ``RESULT_POLL_INTERVAL`` (0.1 s).
+
+Dependencies: a held task is a row in state ``held`` that counts the tasks it still waits
+for (``pending``); ``alligator_waiters`` holds a row per held task and task it waits for,
+indexed by the latter. A push with ``depends_on`` reads every dependency and stores the
+task in one write transaction. The statement that ends a task carries an indexed ``NOT
+EXISTS`` on the waiters, so that a task nothing waits for ends in the statements it always
+took; one that has waiters ends, and releases (to the back of its queue) or cancels the
+tasks held on it, in one write transaction. ``drop_all``, ``finish``, ``move`` and
+``hand_over`` are one write transaction each.
 
 The file must sit on a local filesystem (WAL needs shared memory between the processes
 that use it). One connection per client and process, guarded by a lock; connections are
@@ -54,6 +63,7 @@ letters: nothing is lost or changed, and no call fails because of them.
 """
 
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -65,15 +75,19 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError
+from ..constants import CANCELED, FAILED, SUCCESS
+from ..exceptions import BackendError, DuplicateTaskError, InvalidDSNError, UnknownTaskError
+from ..outcomes import dependency_canceled
 from . import (
     DEAD,
     DELAYED,
     EXPIRED_LEASE_DEATH,
     FINISHED,
+    HELD,
     INFLIGHT,
     READY,
     DeadLetter,
+    Dependencies,
     Located,
     Outcome,
     Reserved,
@@ -87,7 +101,24 @@ from . import Client as BaseClient
 log = logging.getLogger(__name__)
 
 #: The schema this module writes; stored in the file as ``PRAGMA user_version``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# Indexes and the trigger of ``alligator_tasks``, made again when version 4 rebuilds it.
+_TASKS_BY_STATE = (
+    "CREATE INDEX IF NOT EXISTS alligator_tasks_by_state ON alligator_tasks (queue, state, seq)"
+)
+_TASKS_BY_DUE = (
+    "CREATE INDEX IF NOT EXISTS alligator_tasks_by_due ON alligator_tasks (queue, due) "
+    "WHERE state = 'delayed'"
+)
+# A new row under a task id (a push, or a dead letter stored without a consumer) forgets
+# the outcome of the task that had the id before. A trigger, so that a push stays one
+# statement: the lookup runs inside it, with no call of its own.
+_FORGET_OUTCOME_TRIGGER = """CREATE TRIGGER IF NOT EXISTS alligator_tasks_forget_outcome
+    AFTER INSERT ON alligator_tasks
+    BEGIN
+        DELETE FROM alligator_results WHERE queue = NEW.queue AND task_id = NEW.task_id;
+    END"""
 
 # _MIGRATIONS[n] brings a file from schema version n to n + 1, in one transaction.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -107,10 +138,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             failed_at REAL,
             UNIQUE (queue, task_id)
         )""",
-        "CREATE INDEX IF NOT EXISTS alligator_tasks_by_state "
-        "ON alligator_tasks (queue, state, seq)",
-        "CREATE INDEX IF NOT EXISTS alligator_tasks_by_due ON alligator_tasks (queue, due) "
-        "WHERE state = 'delayed'",
+        _TASKS_BY_STATE,
+        _TASKS_BY_DUE,
     ),
     (
         # How many consumers died holding the task since it was last pushed, retried or
@@ -132,15 +161,56 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Finds the first expired outcomes for the sweep, without a scan.
         "CREATE INDEX IF NOT EXISTS alligator_results_by_expiry "
         "ON alligator_results (expires) WHERE expires IS NOT NULL",
-        # A new row under a task id (a push, or a dead letter stored without a consumer)
-        # forgets the outcome of the task that had the id before. A trigger, so that a
-        # push stays one statement: the lookup runs inside it, with no call of its own.
-        """CREATE TRIGGER IF NOT EXISTS alligator_tasks_forget_outcome
-            AFTER INSERT ON alligator_tasks
-            BEGIN
-                DELETE FROM alligator_results
-                WHERE queue = NEW.queue AND task_id = NEW.task_id;
-            END""",
+        _FORGET_OUTCOME_TRIGGER,
+    ),
+    (
+        # Dependencies. A held task is a row in a new state, 'held' (so that the UNIQUE
+        # constraint keeps refusing its id), with the count of tasks it still waits for
+        # (``pending``) and the ttl of the CANCELED outcome it keeps should one of them fail
+        # (``cancel_ttl``, NULL: for ever). A CHECK constraint cannot change: the table is
+        # rebuilt, every row copied as it is, ``seq`` included. The trigger goes first, so
+        # that the copy forgets no outcome (a dead letter's).
+        "DROP TRIGGER IF EXISTS alligator_tasks_forget_outcome",
+        "ALTER TABLE alligator_tasks RENAME TO alligator_tasks_v3",
+        """CREATE TABLE alligator_tasks (
+            seq INTEGER PRIMARY KEY,
+            queue TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            data TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('ready', 'delayed', 'held', 'inflight', 'dead')),
+            due REAL,
+            consumer_id TEXT,
+            expires REAL,
+            error TEXT,
+            failed_at REAL,
+            deaths INTEGER NOT NULL DEFAULT 0,
+            last_death TEXT,
+            pending INTEGER,
+            cancel_ttl REAL,
+            UNIQUE (queue, task_id)
+        )""",
+        "INSERT INTO alligator_tasks (seq, queue, task_id, data, state, due, consumer_id, "
+        "expires, error, failed_at, deaths, last_death) SELECT seq, queue, task_id, data, "
+        "state, due, consumer_id, expires, error, failed_at, deaths, last_death "
+        "FROM alligator_tasks_v3",
+        "DROP TABLE alligator_tasks_v3",
+        _TASKS_BY_STATE,
+        _TASKS_BY_DUE,
+        _FORGET_OUTCOME_TRIGGER,
+        # One row per held task and task it waits for (in any queue, maybe of another
+        # backend), found by the task waited for when it ends, and by the held task when
+        # it leaves otherwise (its other rows go with it).
+        """CREATE TABLE IF NOT EXISTS alligator_waiters (
+            queue TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            held_queue TEXT NOT NULL,
+            held_id TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS alligator_waiters_by_task "
+        "ON alligator_waiters (queue, task_id)",
+        "CREATE INDEX IF NOT EXISTS alligator_waiters_by_held "
+        "ON alligator_waiters (held_queue, held_id)",
     ),
 )
 
@@ -185,10 +255,16 @@ _CLAIM_IF_NONE_DUE = (
     "AND due <= ?) "
     "RETURNING seq, task_id, data, deaths, last_death"
 )
-_HELD = "WHERE queue = ? AND task_id = CAST(? AS TEXT) AND state = 'inflight' AND consumer_id = ?"
+_IN_FLIGHT_WITH = (
+    "WHERE queue = ? AND task_id = CAST(? AS TEXT) AND state = 'inflight' AND consumer_id = ?"
+)
 _WAITING = (
     "SELECT seq, task_id, data, deaths, last_death FROM alligator_tasks WHERE queue = ? "
     "AND task_id = CAST(? AS TEXT) AND state IN ('ready', 'delayed')"
+)
+_CANCELABLE = (
+    "SELECT seq, state, data FROM alligator_tasks WHERE queue = ? "
+    "AND task_id = CAST(? AS TEXT) AND state IN ('ready', 'delayed', 'held')"
 )
 _BACK = "seq = (SELECT max(seq) FROM alligator_tasks) + 1"
 _FRONT = "seq = (SELECT min(seq) FROM alligator_tasks) - 1"
@@ -214,6 +290,31 @@ _FORGET_OUTCOME = (
     "AND task_id = (SELECT CAST(task_id AS TEXT) FROM alligator_tasks WHERE seq = ?)"
 )
 
+# Dependencies. Appended to the WHERE clause of a statement that ends a task: true while no
+# task is held on it. One probe of the waiters' index, so that ending a task nothing waits
+# for (almost every task) costs no statement more than before (see ``_end``).
+_NOBODY_WAITS = (
+    " AND NOT EXISTS (SELECT 1 FROM alligator_waiters "
+    "WHERE queue = ? AND task_id = CAST(? AS TEXT))"
+)
+_WAITERS = (
+    "SELECT held_queue, held_id FROM alligator_waiters "
+    "WHERE queue = ? AND task_id = CAST(? AS TEXT) ORDER BY rowid"
+)
+_NO_WAITERS = "DELETE FROM alligator_waiters WHERE queue = ? AND task_id = CAST(? AS TEXT)"
+# The rows of a held task that leaves without being released: the tasks it waited for.
+_NO_WAITS = "DELETE FROM alligator_waiters WHERE held_queue = ? AND held_id = CAST(? AS TEXT)"
+_HELD = (
+    "SELECT seq, pending, due, cancel_ttl FROM alligator_tasks "
+    "WHERE queue = ? AND task_id = CAST(? AS TEXT) AND state = 'held'"
+)
+# A held task with nothing left to wait for joins the back of its queue (ready or delayed).
+_RELEASE = (
+    "UPDATE alligator_tasks SET state = ?, due = ?, pending = NULL, cancel_ttl = NULL, "
+    f"{_BACK} WHERE seq = ?"
+)
+_STATE = "SELECT state FROM alligator_tasks WHERE queue = ? AND task_id = CAST(? AS TEXT)"
+
 # Outcomes. An outcome whose ``expires`` has come is absent to every read; the sweep
 # deletes the first few of those rows, by the expiry index, oldest first.
 _UNEXPIRED = "(expires IS NULL OR expires > ?)"
@@ -221,6 +322,7 @@ _KEEP = (
     "INSERT OR REPLACE INTO alligator_results (queue, task_id, record, expires) "
     "VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), ?)"
 )
+_FORGET = "DELETE FROM alligator_results WHERE queue = ? AND task_id = CAST(? AS TEXT)"
 _SWEEP = (
     "DELETE FROM alligator_results WHERE rowid IN (SELECT rowid FROM alligator_results "
     f"WHERE expires <= ? ORDER BY expires LIMIT {SWEEP_LIMIT})"
@@ -240,6 +342,7 @@ _LOCATE = (
 _PLACES = {
     "ready": READY,
     "delayed": DELAYED,
+    "held": HELD,
     "inflight": INFLIGHT,
     "dead": DEAD,
     FINISHED: FINISHED,
@@ -399,10 +502,117 @@ def _unique_task_id(queue_name: str, task_id: str) -> Iterator[None]:
     except sqlite3.IntegrityError as exc:
         if exc.sqlite_errorname != "SQLITE_CONSTRAINT_UNIQUE":
             raise
-        raise DuplicateTaskError(
-            f"Queue {queue_name!r} already holds a task with id {task_id!r} (waiting, in "
-            "flight or dead); give the new task an id of its own."
-        ) from exc
+        raise _duplicate(queue_name, task_id) from exc
+
+
+def _duplicate(queue_name: str, task_id: str) -> DuplicateTaskError:
+    return DuplicateTaskError(
+        f"Queue {queue_name!r} already holds a task with id {task_id!r} (waiting, held, in "
+        "flight or dead); give the new task an id of its own."
+    )
+
+
+# Dependencies, in the caller's write transaction.
+
+
+def _end(
+    conn: sqlite3.Connection, statement: str, params: Sequence, queue_name: str, task_id: str
+) -> tuple[bool, bool]:
+    """
+    Runs ``statement`` (a DELETE, UPDATE or INSERT … SELECT whose WHERE clause comes last),
+    which ends task ``task_id``; returns whether it ended it, and whether tasks are held on
+    it (to settle). It runs with ``_NOBODY_WAITS`` first: for a task nothing waits for, that
+    one statement is all.
+    """
+    if _execute(conn, statement + _NOBODY_WAITS, (*params, queue_name, task_id)).rowcount:
+        return True, False
+    ended = _execute(conn, statement, params).rowcount > 0
+    return ended, ended
+
+
+def _settle(conn: sqlite3.Connection, queue_name: str, task_id: str, succeeded: bool) -> set[str]:
+    """
+    Releases (``succeeded``) or cancels, with the tasks held on them in turn, the tasks held
+    on a task that ended; returns the queues where it released some.
+    """
+    released = set()
+    record = None if succeeded else dependency_canceled(queue_name, task_id)
+    ended = [(queue_name, task_id)]
+    while ended:
+        end_queue, end_id = ended.pop()
+        waiters = _execute(conn, _WAITERS, (end_queue, end_id)).fetchall()
+        if not waiters:
+            continue
+        _execute(conn, _NO_WAITERS, (end_queue, end_id))
+        for held_queue, held_id in waiters:
+            held = _execute(conn, _HELD, (held_queue, held_id)).fetchone()
+            if held is None:
+                continue  # gone meanwhile
+            seq, pending, due, ttl = held
+            if succeeded:
+                if pending > 1:
+                    conn.execute(
+                        "UPDATE alligator_tasks SET pending = pending - 1 WHERE seq = ?", (seq,)
+                    )
+                else:
+                    conn.execute(_RELEASE, (*_waiting_state(due), seq))
+                    released.add(held_queue)
+                continue
+            conn.execute("DELETE FROM alligator_tasks WHERE seq = ?", (seq,))
+            _execute(conn, _NO_WAITS, (held_queue, held_id))
+            if ttl != 0:
+                _keep(conn, held_queue, held_id, Outcome(record, ttl))
+            ended.append((held_queue, held_id))
+    return released
+
+
+def _dependency(
+    conn: sqlite3.Connection, queue_name: str, task_id: str, elsewhere: bool
+) -> tuple[str, str] | str | None:
+    """
+    What a dependency is: ``(queue, id)`` to wait for (its id may be one a pointer sent it
+    on to), ``"done"``, ``"failed"``, or ``None`` when unknown.
+    """
+    now = time.time()
+    seen = set()
+    while (queue_name, task_id) not in seen:
+        seen.add((queue_name, task_id))
+        row = _execute(conn, _STATE, (queue_name, task_id)).fetchone()
+        if row is not None:
+            return "failed" if row[0] == "dead" else (queue_name, task_id)
+        row = _execute(conn, _RESULT, (queue_name, task_id, now)).fetchone()
+        fields = None if row is None else _record_fields(_as_text(row[0]))
+        moved_to = None if fields is None else fields.get("moved_to")
+        if isinstance(moved_to, str):
+            task_id = moved_to
+            continue
+        status = None if fields is None else fields.get("status")
+        if status == SUCCESS:
+            return "done"
+        if status in (FAILED, CANCELED):
+            return "failed"
+        return (queue_name, task_id) if elsewhere else None
+    return queue_name, task_id  # pointers in a circle: wait for the last
+
+
+def _record_fields(record: str) -> dict | None:
+    """A kept record's fields, or ``None`` for one that is not a JSON object."""
+    try:
+        fields = json.loads(record)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def _move_waiters(conn: sqlite3.Connection, queue_name: str, old_id: str, new_id: str) -> None:
+    """Carries the tasks held on ``old_id`` over to ``new_id``."""
+    if new_id != old_id:
+        _execute(
+            conn,
+            "UPDATE alligator_waiters SET task_id = CAST(? AS TEXT) "
+            "WHERE queue = ? AND task_id = CAST(? AS TEXT)",
+            (new_id, queue_name, old_id),
+        )
 
 
 class Client(BaseClient):
@@ -577,8 +787,17 @@ class Client(BaseClient):
     # The contract.
 
     def push(
-        self, queue_name: str, task_id: str, data: str, delay_until: float | None = None
+        self,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        delay_until: float | None = None,
+        depends_on: Dependencies | None = None,
     ) -> str:
+        if depends_on is not None:
+            with self._transaction() as conn:
+                self._hold(conn, queue_name, task_id, data, delay_until, depends_on)
+            return task_id
         state, due = _waiting_state(delay_until)
         with self._connection() as conn, _unique_task_id(queue_name, task_id):
             _execute(
@@ -588,6 +807,51 @@ class Client(BaseClient):
                 (queue_name, task_id, data, state, due),
             )
         return task_id
+
+    @staticmethod
+    def _hold(
+        conn: sqlite3.Connection,
+        queue_name: str,
+        task_id: str,
+        data: str,
+        delay_until: float | None,
+        depends_on: Dependencies,
+    ) -> None:
+        """Stores a task pushed with dependencies: held, waiting, or canceled at once."""
+        if _execute(conn, _STATE, (queue_name, task_id)).fetchone() is not None:
+            raise _duplicate(queue_name, task_id)
+        pending = []
+        for dependency in depends_on.on:
+            found = _dependency(conn, *dependency, depends_on.elsewhere)
+            if found is None:
+                raise UnknownTaskError(task_id, dependency)
+            if found == "failed":
+                if depends_on.ttl == 0:
+                    _execute(conn, _FORGET, (queue_name, task_id))
+                else:
+                    record = dependency_canceled(*dependency)
+                    _keep(conn, queue_name, task_id, Outcome(record, depends_on.ttl))
+                return
+            if found != "done":
+                pending.append(found)
+        if pending:
+            state, due, ttl = "held", delay_until, depends_on.ttl
+        else:
+            (state, due), ttl = _waiting_state(delay_until), None
+        with _unique_task_id(queue_name, task_id):
+            _execute(
+                conn,
+                "INSERT INTO alligator_tasks (queue, task_id, data, state, due, pending, "
+                "cancel_ttl) VALUES (?, CAST(? AS TEXT), CAST(? AS TEXT), ?, ?, ?, ?)",
+                (queue_name, task_id, data, state, due, len(pending) or None, ttl),
+            )
+        for dep_queue, dep_id in pending:
+            _execute(
+                conn,
+                "INSERT INTO alligator_waiters (queue, task_id, held_queue, held_id) "
+                "VALUES (?, CAST(? AS TEXT), ?, CAST(? AS TEXT))",
+                (dep_queue, dep_id, queue_name, task_id),
+            )
 
     def reserve(
         self, queue_name: str, consumer_id: str, timeout: float = 0.0, poll_interval: float = 0.1
@@ -671,14 +935,41 @@ class Client(BaseClient):
     def ack(
         self, queue_name: str, task_id: str, consumer_id: str, outcome: Outcome | None = None
     ) -> None:
-        held = (queue_name, task_id, consumer_id)
+        self._end_task(
+            f"DELETE FROM alligator_tasks {_IN_FLIGHT_WITH}",
+            (queue_name, task_id, consumer_id),
+            queue_name,
+            task_id,
+            outcome,
+            succeeded=True,
+        )
+
+    def _end_task(
+        self,
+        statement: str,
+        params: Sequence,
+        queue_name: str,
+        task_id: str,
+        outcome: Outcome | None,
+        succeeded: bool,
+    ) -> None:
+        """
+        Ends a task with ``statement`` (see ``_end``), keeps its ``outcome`` and releases
+        (``succeeded``) or cancels the tasks held on it, in one step. Without an outcome,
+        a task nothing waits for ends in one autocommitted statement.
+        """
         if outcome is None:
-            with self._connection() as conn:  # the hot path: one autocommitted statement
-                _execute(conn, f"DELETE FROM alligator_tasks {_HELD}", held)
-            return
+            with self._connection() as conn:  # the hot path
+                unwaited = (*params, queue_name, task_id)
+                if _execute(conn, statement + _NOBODY_WAITS, unwaited).rowcount:
+                    return
+        # Tasks are held on it, an outcome is to be kept, or there is nothing to end.
         with self._transaction() as conn:
-            if _execute(conn, f"DELETE FROM alligator_tasks {_HELD}", held).rowcount:
+            ended, waited = _end(conn, statement, params, queue_name, task_id)
+            if ended and outcome is not None:
                 _keep(conn, queue_name, task_id, outcome)
+            if waited:
+                _settle(conn, queue_name, task_id, succeeded)
 
     def retry(
         self,
@@ -693,7 +984,7 @@ class Client(BaseClient):
             _execute(
                 conn,
                 "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = ?, due = ?, "
-                f"consumer_id = NULL, expires = NULL, {_NO_DEATHS}, {_BACK} {_HELD}",
+                f"consumer_id = NULL, expires = NULL, {_NO_DEATHS}, {_BACK} {_IN_FLIGHT_WITH}",
                 (data, state, due, queue_name, task_id, consumer_id),
             )
         return task_id
@@ -701,17 +992,17 @@ class Client(BaseClient):
     def _requeue_front(
         self, conn: sqlite3.Connection, where: str, params: tuple, death: str | None
     ) -> int:
-        held = conn.execute(
+        taken = conn.execute(
             f"SELECT seq FROM alligator_tasks WHERE queue = ? AND state = 'inflight' AND {where} "
             "ORDER BY seq DESC",  # the newest goes to the front first, the oldest ends first
             params,
         ).fetchall()
-        for (seq,) in held:
+        for (seq,) in taken:
             if death is None:
                 conn.execute(_INFLIGHT_TO_FRONT, (seq,))
             else:
                 _execute(conn, _DIED_TO_FRONT, (death, seq))
-        return len(held)
+        return len(taken)
 
     def requeue_inflight(self, queue_name: str, consumer_id: str, death: str | None = None) -> int:
         death = None if death is None else storable_text(str(death))
@@ -746,28 +1037,48 @@ class Client(BaseClient):
 
     def cancel(self, queue_name: str, task_id: str, outcome: Outcome | None = None) -> str | None:
         with self._transaction() as conn:
-            row = _execute(conn, _WAITING, (queue_name, task_id)).fetchone()
+            row = _execute(conn, _CANCELABLE, (queue_name, task_id)).fetchone()
             if row is None:
                 return None
-            conn.execute("DELETE FROM alligator_tasks WHERE seq = ?", (row[0],))
+            seq, state, data = row
+            if state == "held":
+                _execute(conn, _NO_WAITS, (queue_name, task_id))
+            delete = "DELETE FROM alligator_tasks WHERE seq = ?"
+            _, waited = _end(conn, delete, (seq,), queue_name, task_id)
             if outcome is not None:
                 _keep(conn, queue_name, task_id, outcome)
-        return _as_text(row[2])
+            if waited:
+                _settle(conn, queue_name, task_id, succeeded=False)
+        return _as_text(data)
 
     def len(self, queue_name: str) -> int:
         with self._connection() as conn:
             return conn.execute(
                 "SELECT count(*) FROM alligator_tasks "
-                "WHERE queue = ? AND state IN ('ready', 'delayed')",
+                "WHERE queue = ? AND state IN ('ready', 'delayed', 'held')",
                 (queue_name,),
             ).fetchone()[0]
 
     def drop_all(self, queue_name: str) -> None:
-        with self._connection() as conn:
+        waiting = "queue = ? AND state IN ('ready', 'delayed', 'held')"
+        with self._transaction() as conn:
+            # The held tasks it drops wait no more; then, the tasks it drops that others
+            # (in any queue) are held on, oldest first.
             conn.execute(
-                "DELETE FROM alligator_tasks WHERE queue = ? AND state IN ('ready', 'delayed')",
-                (queue_name,),
+                "DELETE FROM alligator_waiters WHERE held_queue = ? AND held_id IN "
+                "(SELECT task_id FROM alligator_tasks WHERE queue = ? AND state = 'held')",
+                (queue_name, queue_name),
             )
+            waited = conn.execute(
+                "SELECT CAST(task_id AS TEXT) FROM alligator_tasks "
+                f"WHERE {waiting} AND EXISTS (SELECT 1 FROM alligator_waiters "
+                "WHERE alligator_waiters.queue = alligator_tasks.queue "
+                "AND alligator_waiters.task_id = alligator_tasks.task_id) ORDER BY seq",
+                (queue_name,),
+            ).fetchall()
+            conn.execute(f"DELETE FROM alligator_tasks WHERE {waiting}", (queue_name,))
+            for (task_id,) in waited:
+                _settle(conn, queue_name, task_id, succeeded=False)
 
     def add_dead_letter(
         self,
@@ -780,28 +1091,24 @@ class Client(BaseClient):
     ) -> None:
         failed_at = time.time()
         error = storable_text(error)
-        # One statement without an outcome; with one, a transaction that keeps it too.
-        with self._connection() if outcome is None else self._transaction() as conn:
-            if consumer_id is not None:
-                # To the back, so that dead letters list in the order they failed.
-                moved = _execute(
-                    conn,
-                    "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = 'dead', "
-                    "error = CAST(? AS TEXT), failed_at = ?, consumer_id = NULL, "
-                    f"expires = NULL, {_NO_DEATHS}, {_BACK} {_HELD}",
-                    (data, error, failed_at, queue_name, task_id, consumer_id),
-                ).rowcount
-            else:
-                with _unique_task_id(queue_name, task_id):
-                    moved = _execute(
-                        conn,
-                        "INSERT INTO alligator_tasks "
-                        "(queue, task_id, data, state, error, failed_at) VALUES "
-                        "(?, CAST(? AS TEXT), CAST(? AS TEXT), 'dead', CAST(? AS TEXT), ?)",
-                        (queue_name, task_id, data, error, failed_at),
-                    ).rowcount
-            if moved and outcome is not None:
-                _keep(conn, queue_name, task_id, outcome)
+        if consumer_id is not None:
+            # To the back, so that dead letters list in the order they failed.
+            statement = (
+                "UPDATE alligator_tasks SET data = CAST(? AS TEXT), state = 'dead', "
+                "error = CAST(? AS TEXT), failed_at = ?, consumer_id = NULL, "
+                f"expires = NULL, {_NO_DEATHS}, {_BACK} {_IN_FLIGHT_WITH}"
+            )
+            params: tuple = (data, error, failed_at, queue_name, task_id, consumer_id)
+        else:
+            # INSERT … SELECT, for a WHERE clause that ``_end`` can add to.
+            statement = (
+                "INSERT INTO alligator_tasks (queue, task_id, data, state, error, failed_at) "
+                "SELECT ?, CAST(? AS TEXT), CAST(? AS TEXT), 'dead', CAST(? AS TEXT), ? "
+                "WHERE 1"
+            )
+            params = (queue_name, task_id, data, error, failed_at)
+        with _unique_task_id(queue_name, task_id):
+            self._end_task(statement, params, queue_name, task_id, outcome, succeeded=False)
 
     def list_dead_letters(self, queue_name: str) -> list[DeadLetter]:
         with self._connection() as conn:
@@ -845,9 +1152,37 @@ class Client(BaseClient):
                 "DELETE FROM alligator_tasks WHERE queue = ? AND state = 'dead'", (queue_name,)
             ).rowcount
 
-    def store_result(self, queue_name: str, task_id: str, outcome: Outcome) -> None:
+    def finish(
+        self, queue_name: str, task_id: str, succeeded: bool, outcome: Outcome | None
+    ) -> list[str]:
         with self._transaction() as conn:
-            _keep(conn, queue_name, task_id, outcome)
+            if outcome is not None:
+                _keep(conn, queue_name, task_id, outcome)
+            return sorted(_settle(conn, queue_name, task_id, succeeded))
+
+    def move(self, queue_name: str, old_id: str, new_id: str, outcome: Outcome | None) -> None:
+        with self._transaction() as conn:
+            if outcome is not None:
+                _keep(conn, queue_name, old_id, outcome)
+            _move_waiters(conn, queue_name, old_id, new_id)
+
+    def hand_over(
+        self,
+        queue_name: str,
+        task_id: str,
+        consumer_id: str,
+        new_id: str,
+        outcome: Outcome | None,
+    ) -> None:
+        with self._transaction() as conn:
+            if _execute(
+                conn,
+                f"DELETE FROM alligator_tasks {_IN_FLIGHT_WITH}",
+                (queue_name, task_id, consumer_id),
+            ).rowcount:
+                if outcome is not None:
+                    _keep(conn, queue_name, task_id, outcome)
+                _move_waiters(conn, queue_name, task_id, new_id)
 
     def result(self, queue_name: str, task_id: str, timeout: float | None = 0.0) -> str | None:
         # SQLite cannot wake a reader: look again after 5, 10, 20... ms, up to
